@@ -1,0 +1,3 @@
+from trajvid.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""Training checkpoints in safetensors + JSON: nothing in them is ever unpickled.
+
+A checkpoint is a directory `epoch-NNN/` holding
+  model.safetensors      model weights and buffers
+  optimizer.safetensors  the optimizer's tensors (AdamW moments and steps) and the RNG states
+  state.json             epoch, configuration fingerprint, optimizer param groups, scheduler
+                         state, the per-epoch history (so resumed logs equal uninterrupted ones)
+It is written to a temporary directory and renamed into place, so a directory named `epoch-NNN`
+is always complete; a crash mid-write leaves only a `.tmp-*` directory, which is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{3,})$")
+
+
+def contiguous_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict with contiguous tensors (channels-last weights are not), as safetensors wants."""
+    return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON-able rest."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param_id, entries in state["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{param_id}.{key}"] = value.detach().contiguous()
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("state."):
+            _, param_id, key = name.split(".", 2)
+            state.setdefault(int(param_id), {})[key] = value
+    for name, value in meta["scalars"].items():
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return tensors
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save(directory: Path, epoch: int, model: torch.nn.Module, optimizer, scheduler, state: dict) -> Path:
+    """Write checkpoint `directory/epoch-NNN` atomically; returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"epoch-{epoch:03d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+    try:
+        save_file(contiguous_state(model), str(tmp / "model.safetensors"))
+        tensors, optimizer_meta = optimizer_tensors(optimizer)
+        save_file({**tensors, **rng_tensors()}, str(tmp / "optimizer.safetensors"))
+        full_state = {**state, "epoch": epoch, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict()}
+        (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_state(path: Path) -> dict | None:
+    try:
+        return json.loads((path / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def find_latest(directory: Path, fingerprint: str) -> Path | None:
+    """The latest complete checkpoint of the configuration `fingerprint`, if any."""
+    best, best_epoch = None, -1
+    if not directory.is_dir():
+        return None
+    for path in directory.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        state = read_state(path)
+        if state is None or state.get("fingerprint") != fingerprint:
+            continue
+        if not all((path / f).is_file() for f in ("model.safetensors", "optimizer.safetensors")):
+            continue
+        if int(match.group(1)) > best_epoch:
+            best, best_epoch = path, int(match.group(1))
+    return best
+
+
+def remove_foreign(directory: Path, fingerprint: str) -> list[str]:
+    """Delete checkpoints (and leftover temporaries) that belong to another configuration."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        if path.name.startswith(".tmp-"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+            continue
+        state = read_state(path) if path.is_dir() else None
+        if CHECKPOINT_PATTERN.match(path.name) and (state is None or state.get("fingerprint") != fingerprint):
+            shutil.rmtree(path)
+            removed.append(path.name)
+    return removed
+
+
+def load(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
+    """Restore model, optimizer, scheduler and RNG from checkpoint `path`; returns its state."""
+    state = read_state(path)
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    load_optimizer(optimizer, tensors, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng(tensors)
+    return state

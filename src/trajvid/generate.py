@@ -1,0 +1,294 @@
+"""The `generate` stage: render the dataset into sharded, compressed Arrow files plus a dataset card.
+
+Work is cut into chunks of a few dozen samples rendered and compressed by a pool of processes;
+the parent only writes the compressed bytes (~7 KB a sample) in order. Memory is therefore a
+fixed frame buffer per worker, whatever `num_samples` is, and the output does not depend on the
+number of workers because every sample is a pure function of (seed, sample_id).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from trajvid import scene
+from trajvid.data import SPLITS, arrow_schema, compress_video, record_batch, shard_name
+from trajvid.params import DataParams, ParamsError
+
+CHUNK = 32  # samples rendered per task: 32 x 1.5 MB of frames per worker buffer
+SPLIT_STREAM = 0x5EED5  # distinguishes the split's random stream from every sample's
+
+
+def stratified_split(seed: int, data: DataParams) -> dict[str, np.ndarray]:
+    """Sample ids of each split: the same fractions of every class, shuffled by the seed, sorted."""
+    rng = np.random.default_rng([seed, SPLIT_STREAM])
+    fractions = asdict(data.split)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    num_classes = len(scene.CLASS_NAMES)
+    for label in range(num_classes):
+        ids = rng.permutation(np.arange(label, data.num_samples, num_classes))
+        n_train = round(fractions["train"] * len(ids))
+        n_val = round(fractions["validation"] * len(ids))
+        counts = {"train": n_train, "validation": n_val, "test": len(ids) - n_train - n_val}
+        for name, count in counts.items():
+            if count <= 0:
+                raise ParamsError(
+                    f"data.num_samples={data.num_samples} leaves the {name} split without a "
+                    f"{scene.CLASS_NAMES[label]} sample; use more samples or a larger data.split.{name}"
+                )
+        parts["train"].append(ids[:n_train])
+        parts["validation"].append(ids[n_train : n_train + n_val])
+        parts["test"].append(ids[n_train + n_val :])
+    return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
+
+
+# -- worker side --------------------------------------------------------------------------------
+
+_renderer: scene.Renderer | None = None
+_settings: tuple[int, int, float] | None = None
+
+
+def _init_worker(seed: int, num_frames: int, image_size: int, noise_std: float) -> None:
+    global _renderer, _settings
+    _renderer = scene.Renderer(CHUNK, num_frames, image_size)
+    _settings = (seed, num_frames, noise_std)
+
+
+def _render_chunk(sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bytes]]:
+    seed, num_frames, noise_std = _settings
+    labels, positions = zip(*(scene.sample_positions(seed, int(i), num_frames, noise_std) for i in sample_ids))
+    positions = np.stack(positions)
+    frames = _renderer.render(positions)
+    videos = [compress_video(frames[i]) for i in range(len(sample_ids))]
+    _renderer.erase()
+    return sample_ids, np.asarray(labels), positions, videos
+
+
+# -- parent side --------------------------------------------------------------------------------
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True) -> dict:
+    """Write the dataset to `out` (replacing it only once complete). Returns a summary."""
+    data.check("data")
+    out = Path(out)
+    splits = stratified_split(seed, data)
+    video_shape = (len(scene.camera_matrices()[0]), data.num_frames, data.image_size, data.image_size, 3)
+    cameras = cameras_metadata(data.image_size)
+    schema = arrow_schema(video_shape, data.num_frames + 1, cameras)
+
+    # Tasks in file order: split by split, shard by shard, chunk by chunk.
+    tasks, shards = [], []
+    for split, ids in splits.items():
+        count = math.ceil(len(ids) / data.shard_size)
+        for index in range(count):
+            shard_ids = ids[index * data.shard_size : (index + 1) * data.shard_size]
+            chunks = [shard_ids[i : i + CHUNK] for i in range(0, len(shard_ids), CHUNK)]
+            shards.append((shard_name(split, index, count), len(chunks)))
+            tasks.extend(chunks)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "data").mkdir()
+        workers = data.workers or available_cores()
+        init_args = (seed, data.num_frames, data.image_size, data.noise_std)
+        bar = tqdm(total=data.num_samples, unit="sample", desc="generate", disable=not progress)
+        with _pool(workers, init_args) as imap:
+            results = imap(_render_chunk, tasks)
+            for name, num_chunks in shards:
+                with pa.OSFile(str(tmp / name), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                    for _ in range(num_chunks):
+                        sample_ids, labels, positions, videos = next(results)
+                        writer.write_batch(record_batch(schema, sample_ids, labels, positions, videos))
+                        bar.update(len(sample_ids))
+        bar.close()
+        summary = {
+            "seed": seed,
+            "data": asdict(data),
+            "splits": {
+                split: {scene.CLASS_NAMES[c]: int(np.sum(ids % len(scene.CLASS_NAMES) == c)) for c in range(4)}
+                for split, ids in splits.items()
+            },
+            "files": [name for name, _ in shards],
+        }
+        (tmp / "README.md").write_text(dataset_card(summary, video_shape, cameras))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+class _pool:
+    """`imap` over a process pool, or in this process when one worker is asked for."""
+
+    def __init__(self, workers: int, init_args: tuple):
+        self.workers, self.init_args, self.pool = workers, init_args, None
+
+    def __enter__(self):
+        if self.workers == 1:
+            _init_worker(*self.init_args)
+            return lambda fn, items: map(fn, items)
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=self.init_args)
+        return lambda fn, items: self.pool.imap(fn, items, chunksize=1)
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate() if exc[0] else self.pool.close()
+            self.pool.join()
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing `target` is removed only after the move succeeded."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def cameras_metadata(image_size: int) -> dict:
+    K, R, t = scene.camera_matrices(image_size)
+    return {
+        "convention": "OpenCV: x_cam = R @ x_world + t; (u, v) = (K @ x_cam)[:2] / x_cam[2]; pixel (0,0) centre at (0.5, 0.5)",
+        "azimuth_deg": [0, 90, 180, 270],
+        "K": np.round(K, 10).tolist(),
+        "R": np.round(R, 10).tolist(),
+        "t": np.round(t, 10).tolist(),
+    }
+
+
+def dataset_card(summary: dict, video_shape: tuple, cameras: dict) -> str:
+    data = summary["data"]
+    split_rows = "\n".join(
+        f"| {split} | " + " | ".join(str(n) for n in counts.values()) + f" | {sum(counts.values())} |"
+        for split, counts in summary["splits"].items()
+    )
+    range_rows = "\n".join(
+        f"| {name} | " + ", ".join(f"{k}: {_fmt_range(v)}" for k, v in ranges.items()) + " |"
+        for name, ranges in scene.RANGES.items()
+    )
+    files = "\n".join(f"- `{f}`" for f in summary["files"])
+    return f"""---
+pretty_name: trajvid synthetic multi-view trajectories
+license: cc0-1.0
+task_categories:
+- video-classification
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*.arrow
+  - split: validation
+    path: data/validation-*.arrow
+  - split: test
+    path: data/test-*.arrow
+---
+
+# trajvid trajectories
+
+Synthetic videos of a sphere moving along a 3D trajectory, seen by four fixed cameras. Each sample
+is one of four motion classes; the task is to name the class and to predict the 3D position of
+the sphere in the next, unseen frame.
+
+Made by `trajvid generate` (the `generate` stage of the trajvid DVC pipeline) with seed
+{summary["seed"]} and these data parameters:
+
+```json
+{json.dumps(data, indent=2)}
+```
+
+The same parameters produce byte-identical files.
+
+## Fields
+
+| field | type | meaning |
+|---|---|---|
+| `sample_id` | int64 | stable id 0..N-1; the class is `sample_id % 4` |
+| `label` | ClassLabel | 0 linear, 1 circular, 2 helical, 3 parabolic |
+| `positions` | float32 ({data["num_frames"] + 1}, 3) | world position of the sphere's centre in frames 0..{data["num_frames"]}; the last row is the next frame, never rendered: the regression target |
+| `video` | bytes | a zstd frame of the uint8 array of shape {tuple(video_shape)} = (camera, frame, height, width, channel) |
+
+Decode a video with pyarrow (or any zstd library):
+
+```python
+import numpy as np, pyarrow as pa
+raw = pa.Codec("zstd").decompress(row["video"], decompressed_size={int(np.prod(video_shape))})
+video = np.frombuffer(raw, np.uint8).reshape{tuple(video_shape)}
+```
+
+or use `trajvid.data.open_split("data/trajectories", "train")`, which returns channel-first
+tensors (camera, frame, channel, height, width) decoded lazily.
+
+## Splits
+
+Stratified by class (the same fractions of every class), fixed by the seed.
+
+| split | {" | ".join(scene.CLASS_NAMES)} | total |
+|---|---|---|---|---|---|
+{split_rows}
+
+Files:
+
+{files}
+
+## The scene
+
+World units, z up. Every position lies in the cube [-1.5, 1.5]^3. A sphere of radius
+{scene.SPHERE_RADIUS} (one colour for all classes), perspective-projected, anti-aliased, with headlight
+shading, on a dark static background. Four pinhole cameras on a circle of radius
+{scene.CAMERA_DISTANCE:g} at height {scene.CAMERA_HEIGHT:g}, at azimuths 0, 90, 180 and 270 degrees, looking at the
+origin, {scene.FIELD_OF_VIEW_DEG:g} degree field of view, OpenCV convention.
+
+## Motions (constant parameter speed over frames 0..{data["num_frames"]})
+
+Parameter ranges actually sampled (SPEC ranges, adjusted to keep every point in the cube):
+
+| class | ranges |
+|---|---|
+{range_rows}
+
+- linear: straight line, uniformly random direction, start drawn so the whole path is in the cube.
+- circular: horizontal arc, centre offset from the z axis by at most the given distance, random
+  phase and direction, constant height.
+- helical: the circular motion plus a steady climb or descent (climb is the total height change).
+- parabolic: a parabola in a vertical plane of random horizontal heading; height = curvature x
+  (distance from the vertex)^2, opening up or down; the vertex lies at the given fraction of the
+  horizontal path.
+
+Optional Gaussian position noise of standard deviation `noise_std` is added to every position
+(then clipped to the cube).
+
+## Cameras
+
+```json
+{json.dumps(cameras, indent=1)}
+```
+"""
+
+
+def _fmt_range(bounds: tuple[float, float]) -> str:
+    low, high = bounds
+    if math.isclose(high, 2 * math.pi):
+        return "1.5π–2π rad"
+    return f"{low:g}–{high:g}"

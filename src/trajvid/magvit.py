@@ -1,0 +1,171 @@
+"""MagVIT-style extractor: causal 3D-CNN tokenizer, lookup-free quantisation, bidirectional transformer.
+
+What defines it, and is kept (MAGVIT, Yu et al. 2023; MAGVIT-2, "Language Model Beats
+Diffusion -- Tokenizer is Key", 2023; google-research/magvit, lucidrains/magvit2-pytorch):
+- a 3D-convolutional tokenizer encoder of ResBlocks (GroupNorm -> SiLU -> 3x3x3 conv, twice,
+  with a 1x1x1 shortcut when channels change), downsampling in space and time to a token grid;
+- MAGVIT-2's causal convolutions: time is padded with k-1 frames on the left only, so frame 0 is
+  encoded alone and no output sees the future;
+- lookup-free quantisation (LFQ): each latent dimension is quantised to its sign (+-1), the token
+  id is that binary code (codebook size 2^bits), gradients pass straight through, and an entropy
+  loss (per-token entropy - gamma x codebook entropy) plus a commitment loss keep codes sharp
+  and used; they are returned as named auxiliary losses;
+- a bidirectional transformer over the tokens (MAGVIT's masked-token model without masking),
+  mean-pooled and projected to `feature_dim`.
+Tokens enter the transformer through a linear map of their +-1 bits, which equals an embedding
+table of the 2^bits ids factorised per bit and keeps the straight-through gradient path.
+
+Changed for the CPU: a patchifying causal stem (kernel (3, 4, 4), stride (2, 4, 4)) instead of a
+full-resolution first conv, and narrow widths.
+
+Shapes for the default input (B, 15, 32, 64, 64):
+  stem             (B, 16, 16, 16, 16)
+  level 1          (B, 16, 16, 16, 16) -> down (time and space) (B, 32, 8, 8, 8)
+  level 2          (B, 32, 8, 8, 8)    -> down (space)          (B, 64, 8, 4, 4)
+  level 3          (B, 64, 8, 4, 4)    -> latent (B, bits, 8, 4, 4) -> LFQ codes +-1
+  tokens           (B, 128, bits) -> (B, 128, dim) -> transformer -> mean -> (B, feature_dim)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trajvid.backbone import BackboneConfig, FeatureExtractor, fused_channels, init_weights
+from trajvid.transformer import Block
+
+
+@dataclass(frozen=True)
+class MagVitConfig(BackboneConfig):
+    feature_dim: int = 1024
+    channels: tuple[int, int, int] = (16, 32, 64)  # widths of the encoder levels
+    time_downsample: tuple[int, int] = (1, 0)  # which level transitions also halve time
+    codebook_bits: int = 10  # LFQ dimensions: codebook size 2^bits
+    entropy_weight: float = 0.1
+    commitment_weight: float = 0.25
+    diversity_gamma: float = 1.0  # weight of the codebook entropy inside the entropy loss
+    dim: int = 256
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: int = 4
+    num_frames: int = 32
+    image_size: int = 64
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d padded 'same' in space and with k-1 frames on the left in time (no look-ahead)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel=(3, 3, 3), stride=(1, 1, 1), space_padding: int | None = None):
+        super().__init__()
+        kt, kh, kw = kernel
+        self.time_pad = kt - 1
+        ph = kh // 2 if space_padding is None else space_padding
+        pw = kw // 2 if space_padding is None else space_padding
+        self.conv = nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=(0, ph, pw))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Replicate the first frame into the past, as MAGVIT-2 does, rather than zeros.
+        if self.time_pad:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
+        return self.conv(x)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(8, c_in // 4), c_in)
+        self.conv1 = CausalConv3d(c_in, c_out)
+        self.norm2 = nn.GroupNorm(min(8, c_out // 4), c_out)
+        self.conv2 = CausalConv3d(c_out, c_out)
+        self.shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.shortcut(x) + h
+
+
+class LookupFreeQuantizer(nn.Module):
+    """sign() quantisation with a straight-through gradient and MAGVIT-2's entropy loss."""
+
+    def __init__(self, bits: int, entropy_weight: float, commitment_weight: float, gamma: float):
+        super().__init__()
+        self.bits = bits
+        self.entropy_weight, self.commitment_weight, self.gamma = entropy_weight, commitment_weight, gamma
+        self.register_buffer("powers", 2 ** torch.arange(bits), persistent=False)
+        # Every code as a +-1 vector (2^bits, bits), for the exact codebook entropy.
+        codes = ((torch.arange(2**bits)[:, None] & self.powers) != 0).float() * 2 - 1
+        self.register_buffer("codes", codes, persistent=False)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """z (N, bits) -> quantised (N, bits) in +-1, token ids (N,), auxiliary losses."""
+        q = torch.where(z > 0, 1.0, -1.0)
+        ids = ((q > 0).long() * self.powers).sum(-1)
+        quantised = z + (q - z).detach()  # straight-through estimator
+        aux = {}
+        if self.training:
+            # p(code | z) = softmax over codes of 2 <z, code>: a factorised distribution per bit.
+            logits = 2 * z.float() @ self.codes.t()  # (N, 2^bits)
+            probs = logits.softmax(-1)
+            per_token = -(probs * logits.log_softmax(-1)).sum(-1).mean()
+            mean_probs = probs.mean(0)
+            codebook = -(mean_probs * torch.log(mean_probs.clamp_min(1e-10))).sum()
+            aux["lfq_entropy"] = self.entropy_weight * (per_token - self.gamma * codebook) / math.log(2)
+            aux["lfq_commitment"] = self.commitment_weight * F.mse_loss(z, q)
+        return quantised, ids, aux
+
+
+class MagVit(FeatureExtractor):
+    Config = MagVitConfig
+
+    def __init__(self, config: MagVitConfig = MagVitConfig()):
+        super().__init__(config)
+        c1, c2, c3 = config.channels
+        t1, t2 = config.time_downsample
+        self.stem = CausalConv3d(fused_channels(), c1, kernel=(3, 4, 4), stride=(2, 4, 4), space_padding=0)
+        self.encoder = nn.Sequential(
+            ResBlock(c1, c1),
+            CausalConv3d(c1, c2, kernel=(3, 3, 3), stride=(1 + t1, 2, 2)),  # downsample
+            ResBlock(c2, c2),
+            CausalConv3d(c2, c3, kernel=(3, 3, 3), stride=(1 + t2, 2, 2)),
+            ResBlock(c3, c3),
+            nn.GroupNorm(min(8, c3 // 4), c3),
+            nn.SiLU(),
+            nn.Conv3d(c3, config.codebook_bits, 1),  # to the latent: one dimension per bit
+        )
+        self.quantizer = LookupFreeQuantizer(
+            config.codebook_bits, config.entropy_weight, config.commitment_weight, config.diversity_gamma
+        )
+        frames = config.num_frames // 2 // (1 + t1) // (1 + t2)
+        side = config.image_size // 4 // 4
+        self.grid = (frames, side, side)
+        self.token_embed = nn.Linear(config.codebook_bits, config.dim)
+        self.time_position = nn.Parameter(torch.zeros(1, frames, 1, config.dim))
+        self.space_position = nn.Parameter(torch.zeros(1, 1, side * side, config.dim))
+        self.blocks = nn.ModuleList(
+            Block(config.dim, config.heads, config.mlp_ratio, divided=False, dropout=0.0) for _ in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(config.dim)
+        self.project = nn.Linear(config.dim, config.feature_dim)
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.time_position, std=0.02)
+        nn.init.trunc_normal_(self.space_position, std=0.02)
+        self.last_token_ids: torch.Tensor | None = None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(self.stem(x))  # (B, bits, T', H', W')
+        B, bits, T, H, W = z.shape
+        if (T, H, W) != self.grid:
+            raise ValueError(f"magvit was built for a token grid {self.grid}, got {(T, H, W)}")
+        z = z.permute(0, 2, 3, 4, 1).reshape(-1, bits)  # one row per token
+        quantised, ids, aux = self.quantizer(z)
+        self.aux_losses = aux
+        self.last_token_ids = ids.view(B, T, H, W).detach()
+        tokens = self.token_embed(quantised).view(B, T, H * W, -1) + self.time_position + self.space_position
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.project(self.norm(tokens.mean(dim=(1, 2))))  # (B, feature_dim)

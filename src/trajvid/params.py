@@ -1,0 +1,214 @@
+"""params.yaml, checked: every key known, every value of the right type and in range.
+
+A mistyped key is the classic way a setting is "configured but never applied" (the predecessor's
+weight decay), so unknown keys are errors, not ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A bad parameter: the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    train: float = 0.8
+    validation: float = 0.1
+    test: float = 0.1
+
+    def check(self, path: str) -> None:
+        for name in ("train", "validation", "test"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ParamsError(f"{path}.{name}={value} is not allowed: each split fraction must be in (0, 1)")
+        total = self.train + self.validation + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-9):
+            raise ParamsError(
+                f"{path}={{train: {self.train}, validation: {self.validation}, test: {self.test}}} sums to "
+                f"{total:g}; the split fractions must sum to 1"
+            )
+
+
+@dataclass(frozen=True)
+class DataParams:
+    num_samples: int = 10000
+    num_frames: int = 32
+    image_size: int = 64
+    noise_std: float = 0.0
+    split: SplitParams = field(default_factory=SplitParams)
+    shard_size: int = 1000  # samples per Arrow file
+    workers: int = 0  # rendering processes; 0 = one per available core
+
+    def check(self, path: str) -> None:
+        if self.num_samples <= 0 or self.num_samples % 4:
+            raise ParamsError(
+                f"{path}.num_samples={self.num_samples} is not allowed: must be a positive multiple of 4 "
+                "(balanced classes)"
+            )
+        for name in ("num_frames", "image_size", "shard_size"):
+            _positive(f"{path}.{name}", getattr(self, name))
+        if self.image_size < 32:
+            raise ParamsError(f"{path}.image_size={self.image_size} is not allowed: must be at least 32")
+        if self.noise_std < 0:
+            raise ParamsError(f"{path}.noise_std={self.noise_std} is not allowed: must be >= 0")
+        if self.workers < 0:
+            raise ParamsError(f"{path}.workers={self.workers} is not allowed: must be >= 0 (0 = all cores)")
+        self.split.check(f"{path}.split")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 0.001
+    weight_decay: float = 0.0001
+    checkpoint_interval: int = 2  # epochs
+    early_stopping: bool = False
+    patience: int = 3  # epochs without a better validation loss before early stopping
+    position_loss_weight: float = 1.0  # loss = cross-entropy + weight * MSE(normalised next position)
+    aux_loss_weight: float = 1.0  # weight of a backbone's own auxiliary loss (MagVIT's quantiser)
+    warmup_epochs: float = 0.5  # linear learning-rate warm-up, then cosine decay to zero
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    mixed_precision: str = "no"  # "no" or "bf16" (Accelerate's names)
+    num_workers: int = 2  # DataLoader processes decoding videos
+    threads: int = 0  # torch CPU threads; 0 = all available cores
+
+    def check(self, path: str) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_interval", "patience"):
+            _positive(f"{path}.{name}", getattr(self, name))
+        if not self.learning_rate > 0:
+            raise ParamsError(f"{path}.learning_rate={self.learning_rate} is not allowed: must be > 0")
+        for name in ("weight_decay", "position_loss_weight", "aux_loss_weight", "warmup_epochs", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ParamsError(f"{path}.{name}={getattr(self, name)} is not allowed: must be >= 0")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ParamsError(f"{path}.mixed_precision={self.mixed_precision!r} is not allowed: use 'no' or 'bf16'")
+        for name in ("num_workers", "threads"):
+            if getattr(self, name) < 0:
+                raise ParamsError(f"{path}.{name}={getattr(self, name)} is not allowed: must be >= 0")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    data: DataParams = field(default_factory=DataParams)
+    model: str = "i3d"
+    models: dict = field(default_factory=dict)  # backbone name -> its config dataclass
+    train: TrainParams = field(default_factory=TrainParams)
+
+    @property
+    def backbone(self):
+        """The config of the selected backbone."""
+        return self.models[self.model]
+
+
+def _positive(path: str, value: int) -> None:
+    if value <= 0:
+        raise ParamsError(f"{path}={value} is not allowed: must be a positive integer")
+
+
+def _coerce(path: str, value: Any, kind: Any) -> Any:
+    """`value` as type `kind`; ints are accepted for floats (YAML writes 1 for 1.0)."""
+    if dataclasses.is_dataclass(kind):
+        return from_dict(kind, value, path)
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        for option in options:
+            if option is type(None) and value is None:
+                return None
+        kind = next(o for o in options if o is not type(None))
+        origin = typing.get_origin(kind)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ParamsError(f"{path}={value!r} is not allowed: must be a list of integers")
+        return tuple(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{path}={value!r} is not allowed: must be true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{path}={value!r} is not allowed: must be an integer")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{path}={value!r} is not allowed: must be a number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{path}={value!r} is not allowed: must be a string")
+        return value
+    raise TypeError(f"unsupported parameter type {kind} at {path}")
+
+
+def from_dict(cls, values: Any, path: str):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ParamsError(f"{path}={values!r} is not allowed: must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ParamsError(f"unknown key '{path}.{unknown[0]}'; allowed keys under '{path}': {', '.join(fields)}")
+    kwargs = {name: _coerce(f"{path}.{name}", value, hints[name]) for name, value in values.items()}
+    obj = cls(**kwargs)
+    if hasattr(obj, "check"):
+        obj.check(path)
+    return obj
+
+
+def parse(raw: Any) -> Params:
+    """Check a params mapping (as read from params.yaml) and return typed Params."""
+    from trajvid.models import BACKBONES  # the backbones define their own size keys
+
+    if not isinstance(raw, dict):
+        raise ParamsError("params.yaml must be a mapping of keys to values")
+    raw = dict(raw)
+    top = {"seed", "data", "model", "models", "train"}
+    unknown = sorted(set(raw) - top)
+    if unknown:
+        raise ParamsError(f"unknown key '{unknown[0]}' in params.yaml; allowed top-level keys: {', '.join(sorted(top))}")
+    model = raw.get("model", "i3d")
+    if model not in BACKBONES:
+        raise ParamsError(f"model={model!r} is not allowed: valid backbones are {', '.join(BACKBONES)}")
+    blocks = raw.get("models") or {}
+    if not isinstance(blocks, dict):
+        raise ParamsError(f"models={blocks!r} is not allowed: must map backbone names to their sizes")
+    unknown = sorted(set(blocks) - set(BACKBONES))
+    if unknown:
+        raise ParamsError(f"unknown backbone 'models.{unknown[0]}'; valid backbones are {', '.join(BACKBONES)}")
+    models = {name: from_dict(cls.Config, blocks.get(name), f"models.{name}") for name, cls in BACKBONES.items()}
+    seed = _coerce("seed", raw.get("seed", 42), int)
+    return Params(
+        seed=seed,
+        data=from_dict(DataParams, raw.get("data"), "data"),
+        model=model,
+        models=models,
+        train=from_dict(TrainParams, raw.get("train"), "train"),
+    )
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found; run from the repository root or pass --params")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            raise ParamsError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    return parse(raw)

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny parameters, a tiny generated dataset, and throw-away DVC repositories."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: trajvid, dvc
+
+# Narrow backbones: the tests check behaviour, not quality.
+TINY_MODELS = {
+    "i3d": {"width": 0.125},
+    "slowfast": {"width": 8},
+    "transformer": {"dim": 64, "depth": 1, "heads": 2},
+    "magvit": {"channels": [8, 16, 32], "dim": 64, "depth": 1, "heads": 2, "codebook_bits": 6},
+}
+
+
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tiny_params(num_samples: int = 40, epochs: int = 1, model: str = "i3d") -> dict:
+    params = default_params()
+    params["data"]["num_samples"] = num_samples
+    params["data"]["workers"] = 2
+    params["model"] = model
+    for name, sizes in TINY_MODELS.items():
+        params["models"][name].update(copy.deepcopy(sizes))
+    params["train"].update(
+        {"epochs": epochs, "batch_size": 8, "checkpoint_interval": 1, "num_workers": 0, "threads": 2}
+    )
+    return params
+
+
+def write_params(path: Path, params: dict) -> None:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_repo(path: Path, params: dict) -> Path:
+    """A git + DVC repository with this project's pipeline and the given params, committed."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "pyproject.toml"):
+        shutil.copy(ROOT / name, path / name)
+    shutil.copytree(ROOT / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_params(path / "params.yaml", params)
+    run(["git", "init", "-q", "-b", "main"], path)
+    run(["git", "config", "user.email", "tests@trajvid.invalid"], path)
+    run(["git", "config", "user.name", "trajvid tests"], path)
+    run(["dvc", "init", "-q"], path)
+    run(["dvc", "config", "core.autostage", "true"], path)
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "pipeline"], path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A 200-sample dataset (noise-free), generated once per test session."""
+    from trajvid.generate import generate
+    from trajvid.params import DataParams
+
+    out = tmp_path_factory.mktemp("data") / "trajectories"
+    generate(7, DataParams(num_samples=200, shard_size=64, workers=2), out, progress=False)
+    return out

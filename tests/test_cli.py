@@ -1,0 +1,45 @@
+"""The `trajvid` command on bad input: one line naming the value, exit 2, nothing written."""
+
+import pytest
+
+from conftest import run, tiny_params, write_params
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda p: p["data"].update(num_samples=10002), "data.num_samples=10002"),
+        (lambda p: p["data"].update(num_frames=0), "data.num_frames=0"),
+        (lambda p: p["data"].update(split={"train": 0.7, "validation": 0.1, "test": 0.1}), "sums to 0.9"),
+        (lambda p: p["data"].update(colour="red"), "unknown key 'data.colour'"),
+        (lambda p: p.update(model="resnet"), "valid backbones are i3d, slowfast, transformer, magvit"),
+        (lambda p: p["train"].update(wieght_decay=0.1), "unknown key 'train.wieght_decay'"),
+        (lambda p: p["train"].update(batch_size="16"), "train.batch_size='16'"),
+        (lambda p: p["models"]["i3d"].update(depth=3), "unknown key 'models.i3d.depth'"),
+    ],
+)
+def test_bad_params_one_line_exit_2_no_output(tmp_path, edit, needle):
+    params = tiny_params()
+    edit(params)
+    write_params(tmp_path / "params.yaml", params)
+    result = run(["trajvid", "generate", "--no-progress"], tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_train_without_data_says_how_to_get_it(tmp_path):
+    write_params(tmp_path / "params.yaml", tiny_params())
+    result = run(["trajvid", "train", "--no-progress", "--live", "none"], tmp_path, check=False)
+    assert result.returncode == 2
+    assert "dvc repro generate" in result.stderr and "dvc pull" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_generate_writes_a_loadable_dataset(tmp_path):
+    write_params(tmp_path / "params.yaml", tiny_params())
+    result = run(["trajvid", "generate", "--no-progress"], tmp_path)
+    assert "'train': 32" in result.stdout
+    assert (tmp_path / "data" / "trajectories" / "README.md").is_file()
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["trajectories"]  # no temporaries left

@@ -1,0 +1,126 @@
+"""The four backbones behind one interface, and the multi-task model."""
+
+import pytest
+import torch
+
+from conftest import TINY_MODELS
+from trajvid.models import BACKBONES, UnknownBackboneError, build_model, multitask_loss
+
+NAMES = list(BACKBONES)
+
+
+def videos(batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 4, 32, 3, 64, 64), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_feature_dims_and_output_shapes(name):
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    expected = {"i3d": 1024, "slowfast": 1024, "transformer": 512, "magvit": 1024}[name]
+    assert model.backbone.feature_dim == expected
+    with torch.no_grad():
+        features = model.backbone(videos(2))
+        logits, position = model(videos(1))  # batch size 1 works
+    assert features.shape == (2, expected)
+    assert logits.shape == (1, 4) and position.shape == (1, 3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_feature_dim_is_honoured(name):
+    model = build_model(name, feature_dim=96, **TINY_MODELS[name]).eval()
+    with torch.no_grad():
+        assert model.backbone(videos(2)).shape == (2, 96)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_gets_a_finite_nonzero_gradient(name):
+    torch.manual_seed(0)
+    model = build_model(name, **TINY_MODELS[name]).train()
+    logits, position = model(videos(4), normalised=True)
+    labels = torch.tensor([0, 1, 2, 3])
+    loss, parts = multitask_loss(model, logits, position, labels, torch.randn(4, 3), 1.0, 1.0)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+    if name == "magvit":  # the quantiser's losses are explicit parts of the loss
+        assert {"lfq_entropy", "lfq_commitment"} <= set(parts)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_overfits_a_tiny_fixed_batch(name):
+    torch.manual_seed(0)
+    model = build_model(name, **TINY_MODELS[name]).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    x, labels = videos(4, seed=1), torch.tensor([0, 1, 2, 3])
+    target = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+
+    def task_loss():  # cross-entropy + position MSE, without the quantiser's (possibly negative) terms
+        logits, position = model(x, normalised=True)
+        _, parts = multitask_loss(model, logits, position, labels, target, 1.0, 1.0)
+        return parts, sum(v for k, v in parts.items())
+
+    first = None
+    for _ in range(40):
+        parts, loss = task_loss()
+        task = (parts["cross_entropy"] + parts["position_mse_normalised"]).item()
+        first = task if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert task < first / 10, (first, task)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_outputs_are_deterministic(name):
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = build_model(name, **TINY_MODELS[name]).eval()
+        with torch.no_grad():
+            outputs.append(model(videos(2)))
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    with torch.no_grad():  # and the same model gives the same output twice
+        assert torch.equal(model(videos(2))[0], outputs[1][0])
+
+
+def test_positions_come_back_in_world_units():
+    model = build_model("i3d", **TINY_MODELS["i3d"]).eval()
+    model.set_position_stats(torch.tensor([1.0, -1.0, 0.5]), torch.tensor([0.5, 0.25, 2.0]))
+    with torch.no_grad():
+        _, normalised = model(videos(2), normalised=True)
+        _, world = model(videos(2))
+    assert torch.allclose(world, normalised * torch.tensor([0.5, 0.25, 2.0]) + torch.tensor([1.0, -1.0, 0.5]))
+
+
+def test_unknown_backbone_lists_the_valid_names():
+    with pytest.raises(UnknownBackboneError, match="valid names: i3d, slowfast, transformer, magvit"):
+        build_model("resnet50")
+    with pytest.raises(TypeError, match="unknown size 'depth' for backbone 'i3d'"):
+        build_model("i3d", depth=3)
+
+
+def test_divided_attention_variant_runs():
+    model = build_model("transformer", attention="divided", **{k: v for k, v in TINY_MODELS["transformer"].items()})
+    logits, position = model(videos(2))
+    assert logits.shape == (2, 4) and position.shape == (2, 3)
+
+
+def test_magvit_is_causal_in_time():
+    """Changing the last frames must not change the token ids of earlier time steps."""
+    torch.manual_seed(0)
+    model = build_model("magvit", **TINY_MODELS["magvit"]).eval()
+    a = videos(1, seed=3)
+    b = a.clone()
+    b[:, :, 28:] = 255 - b[:, :, 28:]  # change frames 28..31 only
+    with torch.no_grad():
+        model(a)
+        ids_a = model.backbone.last_token_ids.clone()
+        model(b)
+        ids_b = model.backbone.last_token_ids
+    # token time step k covers frames up to 4k+3 (two stride-2 causal downsamplings)
+    assert torch.equal(ids_a[:, :6], ids_b[:, :6])
+    assert not torch.equal(ids_a, ids_b)

@@ -1,0 +1,154 @@
+"""End-to-end flows with real DVC in throw-away git repositories, on tiny data and narrow models."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import BIN, make_repo, run, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def lock_md5(repo, stage, path):
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == path)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """`dvc repro` from scratch: 200 samples, 3 epochs of a narrow I3D."""
+    repo = make_repo(tmp_path_factory.mktemp("baseline"), tiny_params(num_samples=200, epochs=3))
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "results"], repo)
+    return repo
+
+
+def test_repro_from_scratch_then_status_is_clean(baseline):
+    status = run(["dvc", "status"], baseline)
+    assert "up to date" in status.stdout, status.stdout
+    metrics = json.loads((baseline / "metrics" / "metrics.json").read_text())
+    assert metrics["model"]["name"] == "i3d" and metrics["train"]["epochs"] == 3
+    assert {"accuracy", "position_mse", "position_rmse", "per_class_accuracy"} <= set(metrics["test"])
+    assert sorted(p.name for p in (baseline / "models" / "checkpoints").iterdir()) == [
+        "epoch-001", "epoch-002", "epoch-003"
+    ]
+    shown = run(["dvc", "metrics", "show", "--json"], baseline).stdout
+    assert "position_rmse" in shown and "val/accuracy" in shown
+    plots = run(["dvc", "plots", "show", "-o", "plots"], baseline)
+    assert (baseline / "plots" / "index.html").is_file(), plots.stdout
+
+
+def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(baseline, tmp_path):
+    repo = make_repo(tmp_path / "killed", tiny_params(num_samples=200, epochs=3))
+    run(["dvc", "repro", "generate"], repo)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = repo / "models" / "checkpoints" / "epoch-001"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: dvc and the training
+    proc.wait()
+    assert first.exists() and not (repo / "models" / "model.safetensors").exists()
+
+    resumed = run(["dvc", "repro"], repo)
+    assert "resuming from models/checkpoints/epoch-00" in resumed.stdout + resumed.stderr
+    assert lock_md5(repo, "train", "models/model.safetensors") == lock_md5(baseline, "train", "models/model.safetensors")
+    ours = json.loads((repo / "metrics" / "metrics.json").read_text())["test"]
+    theirs = json.loads((baseline / "metrics" / "metrics.json").read_text())["test"]
+    assert ours == theirs
+    assert (repo / "dvclive" / "metrics.json").read_text() == (baseline / "dvclive" / "metrics.json").read_text()
+
+
+def test_exp_run_each_backbone_shows_in_exp_show(baseline):
+    for name in ("magvit", "slowfast", "transformer"):
+        run(["dvc", "exp", "run", "-n", f"exp-{name}", "-S", f"model={name}"], baseline)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], baseline).stdout)
+    names = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                metrics = data["metrics"]["metrics/metrics.json"]["data"]
+                names[metrics["model"]["name"]] = metrics["test"]["accuracy"]
+    assert {"magvit", "slowfast", "transformer"} <= set(names)
+    table = run(["dvc", "exp", "show", "--no-pager", "--md"], baseline).stdout
+    assert "test.accuracy" in table and "exp-magvit" in table
+
+
+def test_branches_compare_with_metrics_diff_and_plots_diff(tmp_path):
+    repo = make_repo(tmp_path / "branches", tiny_params(num_samples=40, epochs=1))
+    run(["git", "checkout", "-q", "-b", "i3d"], repo)
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "i3d"], repo)
+    run(["git", "checkout", "-q", "-b", "magvit"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"] = "magvit"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "magvit"], repo)
+
+    diff = run(["dvc", "metrics", "diff", "i3d", "magvit", "--json"], repo).stdout
+    changes = json.loads(diff)["metrics/metrics.json"]
+    for key in ("test.accuracy", "test.position_rmse", "train.time_s", "model.size_bytes"):
+        assert key in changes and {"old", "new"} <= set(changes[key]), key
+    table = run(["dvc", "metrics", "diff", "i3d", "magvit", "--md"], repo).stdout
+    assert "test.position_rmse" in table
+    run(["dvc", "plots", "diff", "i3d", "magvit", "-o", "diff"], repo)
+    html = (repo / "diff" / "index.html").read_text()
+    assert "confusion" in html.lower() or "predicted" in html
+
+
+def push_then_pull_into_a_clone(repo, clone, remote_args, local_config=()):
+    """Push `repo`'s outputs to a remote, clone the git repo, pull them back; returns the clone."""
+    run(["dvc", "remote", "add", "-f", "store", *remote_args], repo)
+    for key, value in local_config:  # credentials: .dvc/config.local, never committed
+        run(["dvc", "remote", "modify", "--local", "store", key, value], repo)
+    run(["dvc", "push", "-r", "store"], repo)
+    run(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    run(["dvc", "remote", "add", "-f", "store", *remote_args], clone)
+    for key, value in local_config:
+        run(["dvc", "remote", "modify", "--local", "store", key, value], clone)
+    run(["dvc", "pull", "-r", "store"], clone)
+    assert (clone / "models" / "model.safetensors").read_bytes() == (repo / "models" / "model.safetensors").read_bytes()
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+    assert "access_key" not in run(["git", "show", "HEAD:.dvc/config"], clone, check=False).stdout
+    return clone
+
+
+def test_push_and_pull_through_a_local_remote(baseline, tmp_path):
+    push_then_pull_into_a_clone(baseline, tmp_path / "clone", [str(tmp_path / "storage")])
+
+
+def test_push_and_pull_through_s3(baseline, tmp_path):
+    """A real S3 endpoint: moto's server on 127.0.0.1 (as dvc-s3's own tests use)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="trajvid")
+        clone = push_then_pull_into_a_clone(
+            baseline, tmp_path / "s3clone", ["s3://trajvid/cache"],
+            local_config=[("endpointurl", endpoint), ("access_key_id", "testing"),
+                          ("secret_access_key", "testing"), ("region", "us-east-1")],
+        )
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="trajvid").get("Contents", [])]
+        assert any(k.startswith("cache/files/md5/") for k in keys)
+        assert (clone / "data" / "trajectories" / "README.md").is_file()
+    finally:
+        server.stop()

@@ -1,0 +1,124 @@
+"""Training: weight decay applied, checkpoints, resume, NaN handling, evaluation outputs."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import tiny_params
+from trajvid import checkpoint
+from trajvid.evaluate import evaluate
+from trajvid.params import parse
+from trajvid.train import TrainingDiverged, load_trained, parameter_groups, train
+
+
+def params_for(model="i3d", epochs=2, **train_overrides):
+    raw = tiny_params(num_samples=200, epochs=epochs, model=model)
+    raw["train"].update(train_overrides)
+    return parse(raw)
+
+
+def test_weight_decay_is_really_applied():
+    """A weight with zero gradient shrinks by exactly (1 - lr * wd) per AdamW step; a bias does not."""
+    layer = torch.nn.Linear(3, 3)
+    groups = parameter_groups(layer, weight_decay=0.1)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    optimizer = torch.optim.AdamW(groups, lr=0.01)
+    before_w, before_b = layer.weight.detach().clone(), layer.bias.detach().clone()
+    for p in layer.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert torch.allclose(layer.weight, before_w * (1 - 0.01 * 0.1))
+    assert torch.equal(layer.bias, before_b)
+
+
+def test_training_uses_the_configured_weight_decay(tiny_dataset, tmp_path):
+    params = params_for(epochs=1, weight_decay=0.0123)
+    train(params, tiny_dataset, tmp_path / "models", live_dir=None, progress=False)
+    state = json.loads(next((tmp_path / "models" / "checkpoints").glob("epoch-*/state.json")).read_text())
+    decays = sorted({g["weight_decay"] for g in state["optimizer"]["param_groups"]})
+    assert decays == [0.0, 0.0123]
+    config = json.loads((tmp_path / "models" / "config.json").read_text())
+    assert config["train"]["weight_decay"] == 0.0123
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_dataset, tmp_path):
+    params = params_for(epochs=3)
+    full = tmp_path / "full"
+    train(params, tiny_dataset, full, live_dir=tmp_path / "live-full", progress=False)
+
+    # An "interrupted" run: the same configuration, stopped after epoch 1 (its checkpoint kept).
+    part = tmp_path / "part"
+    short = replace(params, train=replace(params.train, epochs=3))
+    train_one_epoch_then_crash(short, tiny_dataset, part, tmp_path / "live-part")
+    assert [p.name for p in (part / "checkpoints").iterdir()] == ["epoch-001"]
+    summary = train(params, tiny_dataset, part, live_dir=tmp_path / "live-part", progress=False)
+    assert summary["training"]["epochs"] == 3
+
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    live_full = (tmp_path / "live-full" / "metrics.json").read_text()
+    assert live_full == (tmp_path / "live-part" / "metrics.json").read_text()
+    assert (tmp_path / "live-part" / "plots" / "metrics" / "val" / "accuracy.tsv").read_text().count("\n") == 4
+
+
+def train_one_epoch_then_crash(params, data, out, live):
+    """Run training and kill it (an exception) right after the first checkpoint is written."""
+    original = checkpoint.save
+
+    def save_then_crash(*args, **kwargs):
+        path = original(*args, **kwargs)
+        raise KeyboardInterrupt("simulated crash")
+
+    checkpoint.save = save_then_crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(params, data, out, live_dir=live, progress=False)
+    finally:
+        checkpoint.save = original
+
+
+def test_checkpoint_of_another_configuration_is_never_resumed(tiny_dataset, tmp_path):
+    out = tmp_path / "models"
+    train(params_for(epochs=1), tiny_dataset, out, live_dir=None, progress=False)
+    old = json.loads((out / "checkpoints" / "epoch-001" / "state.json").read_text())["fingerprint"]
+    summary = train(params_for(model="magvit", epochs=1), tiny_dataset, out, live_dir=None, progress=False)
+    assert summary["fingerprint"] != old
+    new = json.loads((out / "checkpoints" / "epoch-001" / "state.json").read_text())
+    assert new["fingerprint"] == summary["fingerprint"] and new["history"][0]["epoch"] == 1
+
+
+def test_partial_checkpoints_are_ignored(tmp_path):
+    (tmp_path / ".tmp-abc").mkdir()
+    (tmp_path / ".tmp-abc" / "state.json").write_text('{"fingerprint": "x", "epoch": 9}')
+    (tmp_path / "epoch-004").mkdir()  # a directory without its files
+    (tmp_path / "epoch-004" / "state.json").write_text('{"fingerprint": "x", "epoch": 4}')
+    assert checkpoint.find_latest(tmp_path, "x") is None
+
+
+def test_nan_loss_stops_with_epoch_and_step(tiny_dataset, tmp_path):
+    params = params_for(epochs=2, learning_rate=1e30, grad_clip=0.0)
+    with pytest.raises(TrainingDiverged, match=r"at epoch \d+, step \d+"):
+        train(params, tiny_dataset, tmp_path / "models", live_dir=None, progress=False)
+
+
+def test_model_files_and_evaluation(tiny_dataset, tmp_path):
+    params = params_for(model="transformer", epochs=1)
+    train(params, tiny_dataset, tmp_path / "models", live_dir=None, progress=False)
+    config = json.loads((tmp_path / "models" / "config.json").read_text())
+    assert config["backbone"] == "transformer" and config["sizes"]["dim"] == 64
+    model, _ = load_trained(tmp_path / "models")  # rebuilt from config.json alone
+    metrics = evaluate(tiny_dataset, tmp_path / "models", tmp_path / "metrics", threads=2, num_workers=0)
+    test = metrics["test"]
+    assert set(test["per_class_accuracy"]) == {"linear", "circular", "helical", "parabolic"}
+    assert 0 <= test["accuracy"] <= 1 and test["samples"] == 20
+    assert math.isclose(test["position_rmse"] ** 2, test["position_mse"], rel_tol=1e-9)
+    assert metrics["model"]["size_bytes"] == (tmp_path / "models" / "model.safetensors").stat().st_size
+    assert metrics["model"]["params"] == sum(p.numel() for p in model.parameters())
+    assert metrics["train"]["epochs"] == 1 and metrics["train"]["time_s"] > 0
+    confusion = json.loads((tmp_path / "metrics" / "confusion.json").read_text())
+    assert len(confusion) == 20 and set(confusion[0]) == {"actual", "predicted"}
