@@ -121,7 +121,8 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
         bar.close()
         summary = {
             "seed": seed,
-            "data": asdict(data),
+            # everything that determines the files; `workers` does not, so it stays out of the card
+            "data": {k: v for k, v in asdict(data).items() if k != "workers"},
             "splits": {
                 split: {scene.CLASS_NAMES[c]: int(np.sum(ids % len(scene.CLASS_NAMES) == c)) for c in range(4)}
                 for split, ids in splits.items()

@@ -5,25 +5,26 @@ Diffusion -- Tokenizer is Key", 2023; google-research/magvit, lucidrains/magvit2
 - a 3D-convolutional tokenizer encoder of ResBlocks (GroupNorm -> SiLU -> 3x3x3 conv, twice,
   with a 1x1x1 shortcut when channels change), downsampling in space and time to a token grid;
 - MAGVIT-2's causal convolutions: time is padded with k-1 frames on the left only, so frame 0 is
-  encoded alone and no output sees the future;
+  encoded alone and no output sees the future (GroupNorm statistics are taken per frame, so
+  normalisation does not leak the future either);
 - lookup-free quantisation (LFQ): each latent dimension is quantised to its sign (+-1), the token
   id is that binary code (codebook size 2^bits), gradients pass straight through, and an entropy
   loss (per-token entropy - gamma x codebook entropy) plus a commitment loss keep codes sharp
   and used; they are returned as named auxiliary losses;
 - a bidirectional transformer over the tokens (MAGVIT's masked-token model without masking),
-  mean-pooled and projected to `feature_dim`.
+  pooled by a CLS token and projected to `feature_dim`.
 Tokens enter the transformer through a linear map of their +-1 bits, which equals an embedding
 table of the 2^bits ids factorised per bit and keeps the straight-through gradient path.
 
 Changed for the CPU: a patchifying causal stem (kernel (3, 4, 4), stride (2, 4, 4)) instead of a
 full-resolution first conv, and narrow widths.
 
-Shapes for the default input (B, 15, 32, 64, 64):
+Shapes for the default input (B, 12, 32, 64, 64):
   stem             (B, 16, 16, 16, 16)
   level 1          (B, 16, 16, 16, 16) -> down (time and space) (B, 32, 8, 8, 8)
   level 2          (B, 32, 8, 8, 8)    -> down (space)          (B, 64, 8, 4, 4)
   level 3          (B, 64, 8, 4, 4)    -> latent (B, bits, 8, 4, 4) -> LFQ codes +-1
-  tokens           (B, 128, bits) -> (B, 128, dim) -> transformer -> mean -> (B, feature_dim)
+  tokens           (B, 128, bits) -> (B, 128, dim) -> transformer -> CLS -> (B, feature_dim)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trajvid.backbone import BackboneConfig, FeatureExtractor, fused_channels, init_weights
-from trajvid.transformer import Block
+from trajvid.transformer import TokenEncoder
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class MagVitConfig(BackboneConfig):
     depth: int = 2
     heads: int = 4
     mlp_ratio: int = 4
+    pool: str = "cls"  # "cls" token or "mean" over tokens
     num_frames: int = 32
     image_size: int = 64
 
@@ -74,12 +76,34 @@ class CausalConv3d(nn.Module):
         return self.conv(x)
 
 
+class FrameGroupNorm(nn.Module):
+    """GroupNorm with statistics per frame: (channel group, H, W) of each time step.
+
+    A plain GroupNorm over (group, T, H, W) would let the last frames change the encoding of the
+    first ones, undoing the causal convolutions.
+    """
+
+    def __init__(self, channels: int, groups: int | None = None, eps: float = 1e-5):
+        super().__init__()
+        self.groups = groups or min(8, max(1, channels // 4))
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        g = x.view(B, self.groups, C // self.groups, T, H, W)
+        var, mean = torch.var_mean(g, dim=(2, 4, 5), keepdim=True, correction=0)
+        g = (g - mean) * torch.rsqrt(var + self.eps)
+        return g.view(B, C, T, H, W) * self.weight.view(1, C, 1, 1, 1) + self.bias.view(1, C, 1, 1, 1)
+
+
 class ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(min(8, c_in // 4), c_in)
+        self.norm1 = FrameGroupNorm(c_in)
         self.conv1 = CausalConv3d(c_in, c_out)
-        self.norm2 = nn.GroupNorm(min(8, c_out // 4), c_out)
+        self.norm2 = FrameGroupNorm(c_out)
         self.conv2 = CausalConv3d(c_out, c_out)
         self.shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -120,20 +144,21 @@ class LookupFreeQuantizer(nn.Module):
 
 
 class MagVit(FeatureExtractor):
+    coordinates = False  # positional embeddings say where a token is
     Config = MagVitConfig
 
     def __init__(self, config: MagVitConfig = MagVitConfig()):
         super().__init__(config)
         c1, c2, c3 = config.channels
         t1, t2 = config.time_downsample
-        self.stem = CausalConv3d(fused_channels(), c1, kernel=(3, 4, 4), stride=(2, 4, 4), space_padding=0)
+        self.stem = CausalConv3d(fused_channels(coordinates=self.coordinates), c1, kernel=(3, 4, 4), stride=(2, 4, 4), space_padding=0)
         self.encoder = nn.Sequential(
             ResBlock(c1, c1),
             CausalConv3d(c1, c2, kernel=(3, 3, 3), stride=(1 + t1, 2, 2)),  # downsample
             ResBlock(c2, c2),
             CausalConv3d(c2, c3, kernel=(3, 3, 3), stride=(1 + t2, 2, 2)),
             ResBlock(c3, c3),
-            nn.GroupNorm(min(8, c3 // 4), c3),
+            FrameGroupNorm(c3),
             nn.SiLU(),
             nn.Conv3d(c3, config.codebook_bits, 1),  # to the latent: one dimension per bit
         )
@@ -144,16 +169,10 @@ class MagVit(FeatureExtractor):
         side = config.image_size // 4 // 4
         self.grid = (frames, side, side)
         self.token_embed = nn.Linear(config.codebook_bits, config.dim)
-        self.time_position = nn.Parameter(torch.zeros(1, frames, 1, config.dim))
-        self.space_position = nn.Parameter(torch.zeros(1, 1, side * side, config.dim))
-        self.blocks = nn.ModuleList(
-            Block(config.dim, config.heads, config.mlp_ratio, divided=False, dropout=0.0) for _ in range(config.depth)
-        )
-        self.norm = nn.LayerNorm(config.dim)
+        self.transformer = TokenEncoder((frames, side * side), config.dim, config.depth, config.heads,
+                                        config.mlp_ratio, "joint", 0.0, config.pool)
         self.project = nn.Linear(config.dim, config.feature_dim)
         self.apply(init_weights)
-        nn.init.trunc_normal_(self.time_position, std=0.02)
-        nn.init.trunc_normal_(self.space_position, std=0.02)
         self.last_token_ids: torch.Tensor | None = None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +184,5 @@ class MagVit(FeatureExtractor):
         quantised, ids, aux = self.quantizer(z)
         self.aux_losses = aux
         self.last_token_ids = ids.view(B, T, H, W).detach()
-        tokens = self.token_embed(quantised).view(B, T, H * W, -1) + self.time_position + self.space_position
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.project(self.norm(tokens.mean(dim=(1, 2))))  # (B, feature_dim)
+        tokens = self.token_embed(quantised).view(B, T, H * W, -1)
+        return self.project(self.transformer(tokens))  # (B, feature_dim)

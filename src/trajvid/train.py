@@ -147,14 +147,18 @@ def train(params: Params, data_dir: str | Path = "data/trajectories", out_dir: s
     set_seed(params.seed)
     model = build_model(params.model, **sizes)
     model.set_position_stats(*_position_stats(train_set))
-    loader_args = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    # Workers are not persistent: each epoch's iterator then draws its worker seed from the torch
+    # RNG at the same point of an uninterrupted and of a resumed run, keeping them identical.
+    loader_args = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     train_loader = DataLoader(train_set, shuffle=True, **loader_args)
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * accelerator.num_processes))
     total_steps = cfg.epochs * steps_per_epoch
+    # Accelerate steps a prepared scheduler once per process at every optimizer step.
+    scheduler_steps = steps_per_epoch * accelerator.num_processes
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_epochs * steps_per_epoch)))
+        optimizer, lr_lambda(cfg.epochs * scheduler_steps, max(1, round(cfg.warmup_epochs * scheduler_steps)))
     )
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler

@@ -10,14 +10,14 @@ What defines it, and is kept:
 - `attention: joint` attends over all tokens at once; `attention: divided` (TimeSformer) does
   temporal attention (the same patch across time) then spatial attention (within one time step)
   in every block;
-- mean pooling over tokens, a final LayerNorm and a projection to `feature_dim`.
+- a CLS token (or mean pooling over tokens), a final LayerNorm and a projection to `feature_dim`.
 
 The token count drives the cost on a CPU (shared/BACKBONES.md: 512 tokens per view trained at
 1 sample/s), so the default tubelet (4, 16, 16) gives 8 x 4 x 4 = 128 tokens for the 32 x 64 x 64
 fused input.
 
-Shapes for the default input (B, 15, 32, 64, 64), dim 256:
-  tubelets -> tokens (B, 8, 16, 256) = (B, 128 tokens, 256) -> blocks -> mean (B, 256) -> (B, 512)
+Shapes for the default input (B, 12, 32, 64, 64), dim 256:
+  tubelets -> tokens (B, 8, 16, 256) = (B, 128 tokens, 256) -> blocks -> CLS (B, 256) -> (B, 512)
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class TransformerConfig(BackboneConfig):
     mlp_ratio: int = 4
     tubelet: tuple[int, int, int] = (4, 16, 16)  # (time, height, width) of one token
     attention: str = "joint"  # "joint" or "divided"
+    pool: str = "cls"  # "cls" token or "mean" over tokens
     dropout: float = 0.0
     num_frames: int = 32  # input size the positional embeddings are made for
     image_size: int = 64
@@ -83,7 +84,12 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm encoder block. Joint: one attention over (T*S) tokens. Divided: time, then space."""
+    """Pre-norm encoder block over a (time, space) token grid plus an optional CLS token.
+
+    Joint: one attention over the CLS token and all T*S tokens. Divided (TimeSformer): temporal
+    attention among the tokens of one spatial patch, then spatial attention within each time step,
+    where the CLS token joins every time step's sequence and its T outputs are averaged.
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int, divided: bool, dropout: float):
         super().__init__()
@@ -97,50 +103,80 @@ class Block(nn.Module):
             nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim), nn.Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, S, D = x.shape  # tokens kept on a (time, space) grid
+    def forward(self, x: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, S, D = x.shape  # x: the token grid; cls: (B, 0 or 1, D)
+        n_cls = cls.shape[1]
         if self.divided:
             xt = x.transpose(1, 2).reshape(B * S, T, D)  # one sequence per spatial patch, over time
             xt = xt + self.attn_time(self.norm_time(xt))
             x = xt.view(B, S, T, D).transpose(1, 2)
-            xs = x.reshape(B * T, S, D)  # one sequence per time step, over space
-            x = (xs + self.attn(self.norm(xs))).view(B, T, S, D)
+            seq = torch.cat([cls.repeat_interleave(T, dim=0), x.reshape(B * T, S, D)], dim=1)
+            seq = seq + self.attn(self.norm(seq))  # one sequence per time step, over space
+            cls = seq[:, :n_cls].reshape(B, T, n_cls, D).mean(1)
+            x = seq[:, n_cls:].reshape(B, T, S, D)
         else:
-            xj = x.reshape(B, T * S, D)
-            x = (xj + self.attn(self.norm(xj))).view(B, T, S, D)
-        return x + self.mlp(self.norm_mlp(x))
+            seq = torch.cat([cls, x.reshape(B, T * S, D)], dim=1)
+            seq = seq + self.attn(self.norm(seq))
+            cls, x = seq[:, :n_cls], seq[:, n_cls:].reshape(B, T, S, D)
+        return x + self.mlp(self.norm_mlp(x)), cls + self.mlp(self.norm_mlp(cls))
+
+
+class TokenEncoder(nn.Module):
+    """Positional embeddings (one per time index plus one per spatial index, as ViViT factorises
+    them), a stack of blocks and pooling: tokens (B, T, S, D) -> (B, D).
+
+    `pool: cls` reads a learned CLS token, which can attend to the few tokens that see the sphere
+    and carry their positional embeddings out; `pool: mean` averages all tokens.
+    """
+
+    def __init__(self, grid: tuple[int, int], dim: int, depth: int, heads: int, mlp_ratio: int,
+                 attention: str = "joint", dropout: float = 0.0, pool: str = "cls"):
+        super().__init__()
+        if attention not in ("joint", "divided"):
+            raise ValueError(f"attention={attention!r}: use 'joint' or 'divided'")
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool={pool!r}: use 'cls' or 'mean'")
+        self.grid = grid
+        self.time_position = nn.Parameter(torch.zeros(1, grid[0], 1, dim))
+        self.space_position = nn.Parameter(torch.zeros(1, 1, grid[1], dim))
+        self.cls = nn.Parameter(torch.zeros(1, 1 if pool == "cls" else 0, dim))
+        divided = attention == "divided"
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, divided, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.apply(init_weights)
+        for p in (self.time_position, self.space_position, self.cls):
+            nn.init.trunc_normal_(p, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        B, T, S, D = tokens.shape
+        if (T, S) != self.grid:
+            raise ValueError(f"built for a token grid {self.grid} (time, space), got {(T, S)}")
+        x = tokens + self.time_position + self.space_position
+        cls = self.cls.expand(B, -1, -1)
+        for block in self.blocks:
+            x, cls = block(x, cls)
+        pooled = cls[:, 0] if cls.shape[1] else x.mean(dim=(1, 2))
+        return self.norm(pooled)  # (B, D)
 
 
 class VideoTransformer(FeatureExtractor):
+    coordinates = False  # positional embeddings say where a token is
     Config = TransformerConfig
 
     def __init__(self, config: TransformerConfig = TransformerConfig()):
         super().__init__(config)
-        if config.attention not in ("joint", "divided"):
-            raise ValueError(f"transformer attention={config.attention!r}: use 'joint' or 'divided'")
         t, p, q = config.tubelet
         if config.num_frames % t or config.image_size % p or config.image_size % q:
             raise ValueError(f"tubelet {config.tubelet} must divide the input {config.num_frames}x{config.image_size}^2")
         self.grid = (config.num_frames // t, config.image_size // p, config.image_size // q)
-        self.embed = TubeletEmbedding(fused_channels(), config.dim, config.tubelet)
-        self.time_position = nn.Parameter(torch.zeros(1, self.grid[0], 1, config.dim))
-        self.space_position = nn.Parameter(torch.zeros(1, 1, self.grid[1] * self.grid[2], config.dim))
-        divided = config.attention == "divided"
-        self.blocks = nn.ModuleList(
-            Block(config.dim, config.heads, config.mlp_ratio, divided, config.dropout) for _ in range(config.depth)
-        )
-        self.norm = nn.LayerNorm(config.dim)
+        self.embed = TubeletEmbedding(fused_channels(coordinates=self.coordinates), config.dim, config.tubelet)
+        self.encoder = TokenEncoder((self.grid[0], self.grid[1] * self.grid[2]), config.dim, config.depth,
+                                    config.heads, config.mlp_ratio, config.attention, config.dropout, config.pool)
         self.project = nn.Linear(config.dim, config.feature_dim)
         self.apply(init_weights)
-        nn.init.trunc_normal_(self.time_position, std=0.02)
-        nn.init.trunc_normal_(self.space_position, std=0.02)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         grid = tuple(n // k for n, k in zip(x.shape[2:], self.config.tubelet))
         if grid != self.grid:
             raise ValueError(f"transformer was built for a token grid {self.grid}, got {grid}")
-        x = self.embed(x) + self.time_position + self.space_position  # (B, T', H'*W', D)
-        for block in self.blocks:
-            x = block(x)
-        x = self.norm(x.mean(dim=(1, 2)))  # (B, D)
-        return self.project(x)  # (B, feature_dim)
+        return self.project(self.encoder(self.embed(x)))  # tokens (B, T', H'*W', D) -> (B, feature_dim)
