@@ -80,7 +80,7 @@ class TrainParams:
     aux_loss_weight: float = 1.0  # weight of a backbone's own auxiliary loss (MagVIT's quantiser)
     warmup_epochs: float = 0.5  # linear learning-rate warm-up, then cosine decay to zero
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
-    mixed_precision: str = "no"  # "no" or "bf16" (Accelerate's names)
+    mixed_precision: str = "fp32"  # "fp32" or "bf16" (not Accelerate's "no": YAML reads a bare no as false)
     num_workers: int = 2  # DataLoader processes decoding videos
     threads: int = 0  # torch CPU threads; 0 = all available cores
 
@@ -92,8 +92,8 @@ class TrainParams:
         for name in ("weight_decay", "position_loss_weight", "aux_loss_weight", "warmup_epochs", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"{path}.{name}={getattr(self, name)} is not allowed: must be >= 0")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ParamsError(f"{path}.mixed_precision={self.mixed_precision!r} is not allowed: use 'no' or 'bf16'")
+        if self.mixed_precision not in ("fp32", "bf16"):
+            raise ParamsError(f"{path}.mixed_precision={self.mixed_precision!r} is not allowed: use 'fp32' or 'bf16'")
         for name in ("num_workers", "threads"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"{path}.{name}={getattr(self, name)} is not allowed: must be >= 0")

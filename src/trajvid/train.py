@@ -140,7 +140,7 @@ def train(params: Params, data_dir: str | Path = "data/trajectories", out_dir: s
     config_id = fingerprint(params, sizes, data_dir)
 
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision="no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision,
         log_with=TRACKED_WITH_DVCLIVE if live_dir else None,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=params.seed),
     )
@@ -293,7 +293,7 @@ def write_model(out_dir: Path, weights: dict[str, torch.Tensor], config: dict) -
     """model.safetensors and config.json, each written to a temporary name and renamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_weights = out_dir / ".model.safetensors.tmp"
-    save_file(weights, str(tmp_weights), metadata={"backbone": config["backbone"], "format": "pt"})
+    save_file(weights, str(tmp_weights), metadata={"format": "pt"})  # one key: safetensors orders several at random
     tmp_config = out_dir / ".config.json.tmp"
     tmp_config.write_text(json.dumps(config, indent=2) + "\n")
     os.replace(tmp_weights, out_dir / "model.safetensors")
