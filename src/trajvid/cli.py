@@ -15,6 +15,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="The parameters file.")
 
 
+def _show_progress(flag: bool | None) -> bool:
+    """Progress bars by default only on a terminal: DVC queue logs stay readable."""
+    return sys.stderr.isatty() if flag is None else flag
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -33,7 +38,7 @@ def _load(path: Path):
 def generate(
     params_file: Path = PARAMS,
     out: Path = typer.Option(Path("data/trajectories"), help="Output dataset directory."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool | None = typer.Option(None, help="Show a progress bar [default: on a terminal]."),
 ) -> None:
     """Render the synthetic dataset (stage `generate`)."""
     from trajvid.generate import generate as run
@@ -41,7 +46,7 @@ def generate(
 
     params = _load(params_file)
     try:
-        summary = run(params.seed, params.data, out, progress=progress)
+        summary = run(params.seed, params.data, out, progress=_show_progress(progress))
     except ParamsError as error:
         _fail(str(error))
     counts = {split: sum(c.values()) for split, c in summary["splits"].items()}
@@ -54,7 +59,7 @@ def train(
     data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory."),
     out: Path = typer.Option(Path("models"), help="Model output directory."),
     live: str = typer.Option("dvclive", help="DVCLive directory; 'none' disables logging."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool | None = typer.Option(None, help="Show a progress bar with ETA [default: on a terminal]."),
 ) -> None:
     """Train params.model on the train split (stage `train`); resumes from a matching checkpoint."""
     from trajvid.data import MissingDataError
@@ -62,7 +67,7 @@ def train(
 
     params = _load(params_file)
     try:
-        run(params, data, out, None if live == "none" else live, progress=progress)
+        run(params, data, out, None if live == "none" else live, progress=_show_progress(progress))
     except MissingDataError as error:
         _fail(str(error))
     except TrainingDiverged as error:
