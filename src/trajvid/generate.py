@@ -153,7 +153,10 @@ class _pool:
 
     def __exit__(self, *exc):
         if self.pool is not None:
-            self.pool.terminate() if exc[0] else self.pool.close()
+            if exc[0] is not None:
+                self.pool.terminate()
+            else:
+                self.pool.close()
             self.pool.join()
 
 
