@@ -167,7 +167,6 @@ class MagVit(FeatureExtractor):
         )
         frames = config.num_frames // 2 // (1 + t1) // (1 + t2)
         side = config.image_size // 4 // 4
-        self.grid = (frames, side, side)
         self.token_embed = nn.Linear(config.codebook_bits, config.dim)
         self.transformer = TokenEncoder((frames, side * side), config.dim, config.depth, config.heads,
                                         config.mlp_ratio, "joint", 0.0, config.pool)
@@ -177,9 +176,7 @@ class MagVit(FeatureExtractor):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         z = self.encoder(self.stem(x))  # (B, bits, T', H', W')
-        B, bits, T, H, W = z.shape
-        if (T, H, W) != self.grid:
-            raise ValueError(f"magvit was built for a token grid {self.grid}, got {(T, H, W)}")
+        B, bits, T, H, W = z.shape  # the token encoder checks (T, H*W) against its grid
         z = z.permute(0, 2, 3, 4, 1).reshape(-1, bits)  # one row per token
         quantised, ids, aux = self.quantizer(z)
         self.aux_losses = aux

@@ -168,15 +168,12 @@ class VideoTransformer(FeatureExtractor):
         t, p, q = config.tubelet
         if config.num_frames % t or config.image_size % p or config.image_size % q:
             raise ValueError(f"tubelet {config.tubelet} must divide the input {config.num_frames}x{config.image_size}^2")
-        self.grid = (config.num_frames // t, config.image_size // p, config.image_size // q)
+        grid = (config.num_frames // t, (config.image_size // p) * (config.image_size // q))
         self.embed = TubeletEmbedding(fused_channels(coordinates=self.coordinates), config.dim, config.tubelet)
-        self.encoder = TokenEncoder((self.grid[0], self.grid[1] * self.grid[2]), config.dim, config.depth,
+        self.encoder = TokenEncoder(grid, config.dim, config.depth,
                                     config.heads, config.mlp_ratio, config.attention, config.dropout, config.pool)
         self.project = nn.Linear(config.dim, config.feature_dim)
         self.apply(init_weights)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        grid = tuple(n // k for n, k in zip(x.shape[2:], self.config.tubelet))
-        if grid != self.grid:
-            raise ValueError(f"transformer was built for a token grid {self.grid}, got {grid}")
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # the token encoder checks the grid
         return self.project(self.encoder(self.embed(x)))  # tokens (B, T', H'*W', D) -> (B, feature_dim)
