@@ -58,7 +58,10 @@ def main() -> None:
                         "--out", str(data)], check=True, env=env)
         print(f"generate: {time.perf_counter() - start:.1f} s", flush=True)
 
-    names = args.backbone or ["i3d", "slowfast", "transformer", "magvit"]
+    sys.path.insert(0, str(ROOT / "src"))  # works without installing the package
+    from trajvid.registry import BACKBONES
+
+    names = args.backbone or list(BACKBONES)
     running: list[tuple[str, subprocess.Popen, float]] = []
     walls: dict[str, float] = {}
 

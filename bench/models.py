@@ -101,7 +101,7 @@ def main() -> None:
         print(json.dumps(measure(args.backbone[0], args.device, args.bf16, args.batch, args.steps, args.threads)))
         return
 
-    from trajvid.models import BACKBONES
+    from trajvid.registry import BACKBONES
 
     names = args.backbone or list(BACKBONES)
     header = f"{'backbone':<12} {'params':>10} {'train/s':>8} {'infer/s':>8} {'peak MB':>8}  device"

@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from trajvid.registry import BACKBONES
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: trajvid, dvc
+
+# A fifth backbone (tests/extra_backbone.py), registered the way a new one is, so that every
+# generic model test that takes its list from BACKBONES runs it too.
+EXTRA_BACKBONE = "tinyconv"
+BACKBONES.setdefault(EXTRA_BACKBONE, "extra_backbone:TinyConv")
 
 # Narrow backbones: the tests check behaviour, not quality.
 TINY_MODELS = {
@@ -21,6 +28,7 @@ TINY_MODELS = {
     "slowfast": {"width": 8},
     "transformer": {"dim": 64, "depth": 1, "heads": 2},
     "magvit": {"channels": [8, 16, 32], "dim": 64, "depth": 1, "heads": 2, "codebook_bits": 6},
+    EXTRA_BACKBONE: {"width": 8},
 }
 
 
@@ -33,8 +41,8 @@ def tiny_params(num_samples: int = 40, epochs: int = 1, model: str = "i3d") -> d
     params["data"]["num_samples"] = num_samples
     params["data"]["workers"] = 2
     params["model"] = model
-    for name, sizes in TINY_MODELS.items():
-        params["models"][name].update(copy.deepcopy(sizes))
+    for name in params["models"]:  # the backbones of the repository's own params.yaml
+        params["models"][name].update(copy.deepcopy(TINY_MODELS[name]))
     params["train"].update(
         {"epochs": epochs, "batch_size": 8, "checkpoint_interval": 1, "num_workers": 0, "threads": 2}
     )
@@ -47,6 +55,8 @@ def write_params(path: Path, params: dict) -> None:
 
 def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    if (Path(cwd) / "src" / "trajvid").is_dir():  # a repository made by make_repo runs its own copy of the code
+        env["PYTHONPATH"] = f"{Path(cwd).resolve() / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

@@ -15,7 +15,7 @@ from conftest import run, tiny_params, write_params
         (lambda p: p.update(model="resnet"), "valid backbones are i3d, slowfast, transformer, magvit"),
         (lambda p: p["train"].update(wieght_decay=0.1), "unknown key 'train.wieght_decay'"),
         (lambda p: p["train"].update(batch_size="16"), "train.batch_size='16'"),
-        (lambda p: p["models"]["i3d"].update(depth=3), "unknown key 'models.i3d.depth'"),
+        (lambda p: p["models"].update(resnet={}), "unknown backbone 'models.resnet'"),
     ],
 )
 def test_bad_params_one_line_exit_2_no_output(tmp_path, edit, needle):
@@ -43,3 +43,26 @@ def test_generate_writes_a_loadable_dataset(tmp_path):
     assert "'train': 32" in result.stdout
     assert (tmp_path / "data" / "trajectories" / "README.md").is_file()
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["trajectories"]  # no temporaries left
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        # the input size comes from the data only: a size in params would be configured, then ignored
+        (lambda p: p.update(model="transformer") or p["models"]["transformer"].update(num_frames=16),
+         "unknown key 'models.transformer.num_frames'"),
+        (lambda p: p.update(model="magvit") or p["models"]["magvit"].update(image_size=128),
+         "unknown key 'models.magvit.image_size'"),
+        (lambda p: p["head"].update(hiden=3), "unknown key 'head.hiden'"),
+        (lambda p: p["head"].update(dropout=1.5), "head.dropout=1.5"),
+    ],
+)
+def test_bad_model_params_stop_training_before_any_work(tmp_path, edit, needle):
+    params = tiny_params()
+    edit(params)
+    write_params(tmp_path / "params.yaml", params)
+    result = run(["trajvid", "train", "--no-progress", "--live", "none"], tmp_path, check=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (tmp_path / "models").exists()

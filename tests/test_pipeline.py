@@ -45,6 +45,45 @@ def test_repro_from_scratch_then_status_is_clean(baseline):
     assert (baseline / "plots" / "index.html").is_file(), plots.stdout
 
 
+def changed_stages(repo) -> set[str]:
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    return set(status)
+
+
+def test_a_change_to_imported_code_invalidates_the_stages_that_run_it(baseline):
+    """src/trajvid/data.py is imported by every stage: changing it must make them all stale."""
+    path = baseline / "src" / "trajvid" / "data.py"
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# a change\n")
+        assert {"generate", "train", "evaluate"} <= changed_stages(baseline)
+        path.write_text(original)
+        metrics_file = baseline / "src" / "trajvid" / "metrics.py"  # imported by train and evaluate only
+        metrics_original = metrics_file.read_text()
+        metrics_file.write_text(metrics_original + "\n# a change\n")
+        assert changed_stages(baseline) == {"train", "evaluate"}
+        metrics_file.write_text(metrics_original)
+    finally:
+        run(["git", "checkout", "--", "src"], baseline)
+    assert changed_stages(baseline) == set()
+
+
+def test_runtime_settings_do_not_invalidate_any_stage(baseline):
+    params_file = baseline / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["train"].update(num_workers=1, threads=1, checkpoint_interval=7)
+    params["data"]["workers"] = 1
+    try:
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert changed_stages(baseline) == set()
+        params["train"]["learning_rate"] = 0.123  # while a setting that changes results does
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        assert changed_stages(baseline) == {"train"}
+    finally:
+        params_file.write_text(original)
+
+
 def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(baseline, tmp_path):
     repo = make_repo(tmp_path / "killed", tiny_params(num_samples=200, epochs=3))
     run(["dvc", "repro", "generate"], repo)

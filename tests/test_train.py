@@ -6,11 +6,13 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_params
+from conftest import TINY_MODELS, tiny_params
 from trajvid import checkpoint
 from trajvid.evaluate import evaluate
+from trajvid.model_files import load_trained
+from trajvid.models import build_model, multitask_loss
 from trajvid.params import parse
-from trajvid.train import TrainingDiverged, load_trained, parameter_groups, train
+from trajvid.train import TrainingDiverged, fingerprint, setup, train, validate
 
 
 def params_for(model="i3d", epochs=2, **train_overrides):
@@ -20,17 +22,18 @@ def params_for(model="i3d", epochs=2, **train_overrides):
 
 
 def test_weight_decay_is_really_applied():
-    """A weight with zero gradient shrinks by exactly (1 - lr * wd) per AdamW step; a bias does not."""
-    layer = torch.nn.Linear(3, 3)
-    groups = parameter_groups(layer, weight_decay=0.1)
-    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
-    optimizer = torch.optim.AdamW(groups, lr=0.01)
-    before_w, before_b = layer.weight.detach().clone(), layer.bias.detach().clone()
-    for p in layer.parameters():
+    """With zero gradients, one AdamW step shrinks every decayed weight by exactly (1 - lr * wd)
+    and leaves everything else as it was."""
+    model = build_model("i3d", **TINY_MODELS["i3d"])
+    optimizer = model.configure_optimizer(learning_rate=0.01, weight_decay=0.1)
+    decay, no_decay = optimizer.param_groups
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    assert torch.allclose(layer.weight, before_w * (1 - 0.01 * 0.1))
-    assert torch.equal(layer.bias, before_b)
+    assert all(torch.allclose(p, before[id(p)] * (1 - 0.01 * 0.1)) for p in decay["params"])
+    assert all(torch.equal(p, before[id(p)]) for p in no_decay["params"])
+    assert any(p is model.position_head.weight for p in decay["params"])
 
 
 def test_training_uses_the_configured_weight_decay(tiny_dataset, tmp_path):
@@ -120,3 +123,58 @@ def test_model_files_and_evaluation(tiny_dataset, tmp_path):
     assert metrics["train"]["epochs"] == 1 and metrics["train"]["time_s"] > 0
     confusion = json.loads((tmp_path / "metrics" / "confusion.json").read_text())
     assert len(confusion) == 20 and set(confusion[0]) == {"actual", "predicted"}
+
+
+def test_validation_loss_is_the_training_loss(tiny_dataset, tmp_path):
+    """One loss definition: val/loss is the multi-task total (cross-entropy + w x position MSE +
+    the backbone's own losses), the number early stopping compares, with its parts beside it."""
+    params = params_for(model="magvit", epochs=1, position_loss_weight=2.5)
+    run = setup(params, tiny_dataset, tmp_path / "models", live_dir=None)
+    result = validate(run)
+    model = run.unwrapped.eval()
+    totals, count = {}, 0
+    with torch.no_grad():
+        for batch in run.val_loader:
+            logits, position = model(batch["video"], normalised=True)
+            loss, parts = multitask_loss(model, logits, position, batch["label"], batch["positions"][:, -1], 2.5, 1.0)
+            for name, value in {"loss": loss, **parts}.items():
+                totals[name] = totals.get(name, 0.0) + value.item() * len(batch["label"])
+            count += len(batch["label"])
+    assert set(result["losses"]) == {"loss", "cross_entropy", "position_mse_normalised", "lfq_entropy", "lfq_commitment"}
+    for name, total in totals.items():
+        assert math.isclose(result["losses"][name], total / count, rel_tol=1e-6), name
+    losses = result["losses"]
+    assert math.isclose(losses["loss"], losses["cross_entropy"] + 2.5 * losses["position_mse_normalised"]
+                        + losses["lfq_entropy"] + losses["lfq_commitment"], rel_tol=1e-6)
+    run.accelerator.end_training()
+
+
+def test_dvclive_logs_every_loss_part_for_train_and_val(tiny_dataset, tmp_path):
+    train(params_for(model="magvit", epochs=1), tiny_dataset, tmp_path / "models", live_dir=tmp_path / "live",
+          progress=False)
+    logged = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    for split in ("train", "val"):
+        assert {"loss", "cross_entropy", "position_mse_normalised", "lfq_entropy", "lfq_commitment",
+                "accuracy", "position_rmse"} <= set(logged[split]), logged
+
+
+def test_head_params_build_the_head_and_enter_the_fingerprint(tiny_dataset, tmp_path):
+    raw = tiny_params(num_samples=200, epochs=1)
+    raw["head"] = {"hidden": 32, "dropout": 0.0}
+    params = parse(raw)
+    config = train(params, tiny_dataset, tmp_path / "models", live_dir=None, progress=False)
+    assert config["head"] == {"hidden": 32, "dropout": 0.0}
+    model, _ = load_trained(tmp_path / "models")
+    assert model.trunk[0].out_features == 32 and model.position_head.in_features == 32
+    other = parse({**raw, "head": {"hidden": 64, "dropout": 0.0}})
+    assert fingerprint(params, config["sizes"], tiny_dataset) != fingerprint(other, config["sizes"], tiny_dataset)
+
+
+def test_runtime_settings_stay_out_of_the_fingerprint(tiny_dataset):
+    raw = tiny_params(num_samples=200)
+    a = parse(raw)
+    raw["train"].update(num_workers=3, threads=1, checkpoint_interval=5)
+    b = parse(raw)
+    raw["train"]["learning_rate"] = 0.5
+    c = parse(raw)
+    assert fingerprint(a, {}, tiny_dataset) == fingerprint(b, {}, tiny_dataset) != fingerprint(c, {}, tiny_dataset)

@@ -1,31 +1,28 @@
-"""The interface every feature extractor implements, and how the four cameras enter it.
+"""The contract every feature extractor implements, and how the four cameras enter it.
 
-How views are fused: the four cameras are stacked as channels (early fusion), 4 x RGB = 12
-channels. Why:
-- The cameras are fixed, so channel k always shows the same camera: the view identity the 3D
-  regression needs is kept, and the very first layer can relate the views to one another.
-- It costs one backbone pass instead of four. On this 2-core CPU a Conv3d prototype trained at
-  94 samples/s with stacked views against 34-39 with the views through a shared backbone
-  (shared/BACKBONES.md), and the target is >= 40 samples/s for every backbone.
-The price: views are not pixel-aligned, so early filters see unrelated places of different
-cameras at one location; each camera's channels still keep their own spatial layout.
+A backbone is a `FeatureExtractor` subclass that declares, as class attributes,
+- `Config`: a frozen dataclass of its sizes (the keys of its `models.<name>` block in params.yaml;
+  it must have `feature_dim`);
+- `coordinates`: whether its input gets the x, y, t coordinate channels (`in_channels` follows);
+- `needs_input_size`: whether its layers are built for one input size (positional embeddings of a
+  token grid). Every backbone receives the data's size (`InputSize`) from the dataset, never from
+  params, so a size is never configured in one place and overwritten in another;
+- `channels_last`: whether it runs in channels-last memory layout;
+and implements `encode(x)`: the fused tensor (B, in_channels, T, H, W) -> (B, feature_dim). A
+backbone with training losses of its own stores them, by any names, in `self.aux_losses` during
+`forward`; the multi-task loss adds every one of them and training logs each by its name.
 
-Pixels are normalised to background 0: the dataset's mean colour is its static background
-(over 99% of pixels), and the sphere's channels come out at about 1-3.5. A constant input
-level hurts the attention backbones badly: every token then carries the same large component,
-and mean pooling over 128 tokens dilutes the few tokens that see the sphere until the features
-hardly differ between samples (measured: the transformer and MagVIT stayed at chance for 10
-full epochs with inputs in [0, 1], while the BatchNorm CNNs, which subtract batch means, learned).
-
-Convolutional backbones also get three coordinate channels (x, y, t in [-1, 1], "CoordConv"):
-the next position in world units depends on absolute pixel positions and on which frame is
-last, which translation-equivariant convolutions followed by global pooling would otherwise have
-to infer from padding effects. The attention backbones have positional embeddings instead.
+Why the views are fused, the pixel normalisation and the coordinate channels are explained in
+docs/design.md ("Input"): in short, the four cameras are stacked as channels (one backbone pass,
+view identity kept, 94 vs 34-39 samples/s on this CPU for a Conv3d prototype); pixels are
+(value - background) / 64 so that the static background is 0; convolutional backbones get
+coordinate channels, attention backbones have positional embeddings instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +37,16 @@ PIXEL_SCALE = 64.0  # uint8 units per input unit: the sphere's brightest channel
 @dataclass(frozen=True)
 class BackboneConfig:
     feature_dim: int = 1024
+
+
+@dataclass(frozen=True)
+class InputSize:
+    """The video size a model is built for; it comes from the dataset (`data.py: read_metadata`)."""
+
+    frames: int = 32
+    height: int = 64
+    width: int = 64
+    cameras: int = 4
 
 
 def fused_channels(num_cameras: int = 4, channels: int = 3, coordinates: bool = True) -> int:
@@ -72,23 +79,21 @@ def fuse_views(videos: torch.Tensor, coordinates: bool = True, channels_last: bo
 
 
 class FeatureExtractor(nn.Module):
-    """Base of the backbones: videos (B, 4, T, 3, H, W) -> features (B, feature_dim).
+    """Base of the backbones: videos (B, cameras, T, 3, H, W) uint8 -> features (B, feature_dim)."""
 
-    Subclasses implement `encode` on the fused tensor (B, 12 or 15, T, H, W). A backbone with an
-    auxiliary training loss (MagVIT's quantiser) stores its named terms in `aux_losses` during
-    forward; the multi-task model adds them to the loss explicitly.
-    """
-
-    Config = BackboneConfig
+    Config: ClassVar[type] = BackboneConfig
+    coordinates: ClassVar[bool] = True  # add the x, y, t coordinate channels to the input
+    needs_input_size: ClassVar[bool] = False  # layers built for one (frames, height, width)
     # Convolutional backbones with BatchNorm run faster in channels-last layout (measured on this
     # CPU: I3D 33 -> 37 samples/s, SlowFast 17 -> 22); GroupNorm ones (MagVIT) run slower.
-    channels_last = False
-    coordinates = True  # add the x, y, t coordinate channels to the input
+    channels_last: ClassVar[bool] = False
 
-    def __init__(self, config: BackboneConfig):
+    def __init__(self, config: BackboneConfig, input_size: InputSize = InputSize()):
         super().__init__()
         self.config = config
+        self.input_size = input_size
         self.feature_dim = config.feature_dim
+        self.in_channels = fused_channels(input_size.cameras, 3, self.coordinates)
         self.aux_losses: dict[str, torch.Tensor] = {}
 
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
@@ -103,19 +108,3 @@ class FeatureExtractor(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-
-def init_weights(module: nn.Module) -> None:
-    """Explicit initialisation shared by the backbones (applied with `module.apply`)."""
-    if isinstance(module, (nn.Conv3d, nn.Conv2d)):
-        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)):
-        if module.weight is not None:
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)

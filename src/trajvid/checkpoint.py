@@ -5,8 +5,9 @@ A checkpoint is a directory `epoch-NNN/` holding
   optimizer.safetensors  the optimizer's tensors (AdamW moments and steps) and the RNG states
   state.json             epoch, configuration fingerprint, optimizer param groups, scheduler
                          state, the per-epoch history (so resumed logs equal uninterrupted ones)
-It is written to a temporary directory and renamed into place, so a directory named `epoch-NNN`
-is always complete; a crash mid-write leaves only a `.tmp-*` directory, which is never read.
+It is written to a temporary directory and renamed into place (`files.atomic_directory`), so a
+directory named `epoch-NNN` is always complete; a crash mid-write leaves only a dot-named
+temporary directory, which is never read and is removed by the next run.
 """
 
 from __future__ import annotations
@@ -14,18 +15,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from trajvid.files import atomic_directory, is_temporary
+from trajvid.model_files import contiguous_state
+
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{3,})$")
-
-
-def contiguous_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """state_dict with contiguous tensors (channels-last weights are not), as safetensors wants."""
-    return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -70,21 +68,13 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 def save(directory: Path, epoch: int, model: torch.nn.Module, optimizer, scheduler, state: dict) -> Path:
     """Write checkpoint `directory/epoch-NNN` atomically; returns its path."""
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"epoch-{epoch:03d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-    try:
+    with atomic_directory(final) as tmp:
         save_file(contiguous_state(model), str(tmp / "model.safetensors"))
         tensors, optimizer_meta = optimizer_tensors(optimizer)
         save_file({**tensors, **rng_tensors()}, str(tmp / "optimizer.safetensors"))
         full_state = {**state, "epoch": epoch, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict()}
         (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -120,7 +110,7 @@ def remove_foreign(directory: Path, fingerprint: str) -> list[str]:
     if not directory.is_dir():
         return removed
     for path in directory.iterdir():
-        if path.name.startswith(".tmp-"):
+        if is_temporary(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
             continue

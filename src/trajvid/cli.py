@@ -1,5 +1,9 @@
 """The `trajvid` command: the pipeline's stages, each reading params.yaml.
 
+Only argument parsing and dispatch live here: each command reads params.yaml and calls its stage
+function, which receives everything it computes with as arguments. (That is why dvc.yaml lists
+the stage modules as deps and not this file: see docs/design.md, "Stage dependencies".)
+
 Bad input ends with one line `error: ...` on stderr and exit code 2; nothing half-written stays.
 """
 
@@ -63,12 +67,13 @@ def train(
 ) -> None:
     """Train params.model on the train split (stage `train`); resumes from a matching checkpoint."""
     from trajvid.data import MissingDataError
+    from trajvid.params import ParamsError
     from trajvid.train import TrainingDiverged, train as run
 
     params = _load(params_file)
     try:
         run(params, data, out, None if live == "none" else live, progress=_show_progress(progress))
-    except MissingDataError as error:
+    except (MissingDataError, ParamsError) as error:
         _fail(str(error))
     except TrainingDiverged as error:
         _fail(str(error), code=1)

@@ -6,7 +6,7 @@ maps the files to the splits, so `datasets.load_dataset("data/trajectories")` op
 
 Each row holds one sample; its `video` is the zstd frame of the uint8 array (camera, frame, height,
 width, channel) -- channel-last, which compresses about twice as well as channel-first. The arrays
-other code sees are channel-first, (camera, frame, channel, height, width), as SPEC.md fixes.
+other code sees are channel-first, (camera, frame, channel, height, width), as docs/data.md fixes.
 
 `open_split` memory-maps the shards and decompresses one video per access, so a process holds
 only the compressed bytes it touches (shared, file-backed pages) plus the samples in flight.
@@ -191,5 +191,5 @@ class TrajectorySplit(torch.utils.data.Dataset):
 
 
 def open_split(root: str | Path, split: str) -> TrajectorySplit:
-    """The split `split` of the dataset at `root`, decoded lazily on access (SPEC.md section 6)."""
+    """The split `split` of the dataset at `root`, decoded lazily on access (docs/data.md, "Python API")."""
     return TrajectorySplit(root, split)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +20,8 @@ from tqdm import tqdm
 
 from trajvid import scene
 from trajvid.data import SPLITS, arrow_schema, compress_video, record_batch, shard_name
+from trajvid.devices import available_cores
+from trajvid.files import atomic_directory
 from trajvid.params import DataParams, ParamsError
 
 CHUNK = 32  # samples rendered per task: 32 x 1.5 MB of frames per worker buffer
@@ -77,13 +76,6 @@ def _render_chunk(sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 # -- parent side --------------------------------------------------------------------------------
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True) -> dict:
     """Write the dataset to `out` (replacing it only once complete). Returns a summary."""
     data.check("data")
@@ -103,9 +95,7 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
             shards.append((shard_name(split, index, count), len(chunks)))
             tasks.extend(chunks)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:  # `out` is replaced only once everything is written
         (tmp / "data").mkdir()
         workers = data.workers or available_cores()
         init_args = (seed, data.num_frames, data.image_size, data.noise_std)
@@ -122,7 +112,7 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
         summary = {
             "seed": seed,
             # everything that determines the files; `workers` does not, so it stays out of the card
-            "data": {k: v for k, v in asdict(data).items() if k != "workers"},
+            "data": {k: v for k, v in asdict(data).items() if k not in DataParams.RUNTIME},
             "splits": {
                 split: {scene.CLASS_NAMES[c]: int(np.sum(ids % len(scene.CLASS_NAMES) == c)) for c in range(4)}
                 for split, ids in splits.items()
@@ -130,10 +120,6 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
             "files": [name for name, _ in shards],
         }
         (tmp / "README.md").write_text(dataset_card(summary, video_shape, cameras))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
@@ -158,17 +144,6 @@ class _pool:
             else:
                 self.pool.close()
             self.pool.join()
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an existing `target` is removed only after the move succeeded."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 def cameras_metadata(image_size: int) -> dict:

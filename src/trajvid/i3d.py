@@ -12,7 +12,7 @@ What is kept from the reference (kinetics-i3d `i3d.py`):
 What is changed, and why: the 7x7x7 stride-2 stem becomes a (3, 7, 7) kernel with stride
 (2, 4, 4), which also takes the place of the first 1x3x3 max-pool (the reference reaches 1/4
 resolution after stem + pool too). On 2 CPU cores the first layer's resolution dominates the
-cost (shared/BACKBONES.md: 8 samples/s with a full-resolution 7x7 stem). All widths before
+cost (docs/design.md: 8 samples/s with a full-resolution 7x7 stem). All widths before
 Mixed_5c are scaled by `width` (the reference is width 1.0).
 
 Shapes for the default input (B, 15, 32, 64, 64):
@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trajvid.backbone import BackboneConfig, FeatureExtractor, fused_channels, init_weights
+from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
+from trajvid.layers import ConvBNReLU, init_weights
 
 # Inception branch widths of the reference, per block: (b0, b1 reduce, b1, b2 reduce, b2, b3).
 INCEPTION_WIDTHS = {
@@ -56,18 +57,9 @@ class I3DConfig(BackboneConfig):
     dropout: float = 0.0
 
 
-class Unit3D(nn.Module):
-    """Conv3d (no bias) -> BatchNorm -> ReLU, 'same' padding."""
-
-    def __init__(self, c_in: int, c_out: int, kernel=(1, 1, 1), stride=(1, 1, 1)):
-        super().__init__()
-        padding = tuple(k // 2 for k in kernel)
-        self.conv = nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False)
-        self.bn = nn.BatchNorm3d(c_out, eps=1e-3)
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+def unit3d(c_in: int, c_out: int, kernel=(1, 1, 1), stride=(1, 1, 1)) -> ConvBNReLU:
+    """The reference's Unit3D: Conv3d (no bias) -> BatchNorm (eps 1e-3, as in kinetics-i3d) -> ReLU."""
+    return ConvBNReLU(c_in, c_out, kernel, stride, eps=1e-3)
 
 
 class InceptionBlock(nn.Module):
@@ -76,10 +68,10 @@ class InceptionBlock(nn.Module):
     def __init__(self, c_in: int, widths: tuple[int, int, int, int, int, int]):
         super().__init__()
         b0, b1r, b1, b2r, b2, b3 = widths
-        self.branch0 = Unit3D(c_in, b0)
-        self.branch1 = nn.Sequential(Unit3D(c_in, b1r), Unit3D(b1r, b1, (3, 3, 3)))
-        self.branch2 = nn.Sequential(Unit3D(c_in, b2r), Unit3D(b2r, b2, (3, 3, 3)))
-        self.branch3 = nn.Sequential(nn.MaxPool3d(3, stride=1, padding=1), Unit3D(c_in, b3))
+        self.branch0 = unit3d(c_in, b0)
+        self.branch1 = nn.Sequential(unit3d(c_in, b1r), unit3d(b1r, b1, (3, 3, 3)))
+        self.branch2 = nn.Sequential(unit3d(c_in, b2r), unit3d(b2r, b2, (3, 3, 3)))
+        self.branch3 = nn.Sequential(nn.MaxPool3d(3, stride=1, padding=1), unit3d(c_in, b3))
         self.out_channels = b0 + b1 + b2 + b3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,14 +86,14 @@ class I3D(FeatureExtractor):
     Config = I3DConfig
     channels_last = True
 
-    def __init__(self, config: I3DConfig = I3DConfig()):
-        super().__init__(config)
+    def __init__(self, config: I3DConfig = I3DConfig(), input_size: InputSize = InputSize()):
+        super().__init__(config, input_size)
         w = config.width
         c_stem, c_2c = max(8, round(64 * w)), max(8, round(192 * w))
         layers: list[nn.Module] = [
-            Unit3D(fused_channels(), c_stem, config.stem_kernel, config.stem_stride),  # Conv3d_1a
-            Unit3D(c_stem, c_stem),  # Conv3d_2b
-            Unit3D(c_stem, c_2c, (3, 3, 3)),  # Conv3d_2c
+            unit3d(self.in_channels, c_stem, config.stem_kernel, config.stem_stride),  # Conv3d_1a
+            unit3d(c_stem, c_stem),  # Conv3d_2b
+            unit3d(c_stem, c_2c, (3, 3, 3)),  # Conv3d_2c
             nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),  # MaxPool3d_3a
         ]
         channels = c_2c

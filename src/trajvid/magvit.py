@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajvid.backbone import BackboneConfig, FeatureExtractor, fused_channels, init_weights
-from trajvid.transformer import TokenEncoder
+from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
+from trajvid.layers import TokenEncoder, init_weights
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,6 @@ class MagVitConfig(BackboneConfig):
     heads: int = 4
     mlp_ratio: int = 4
     pool: str = "cls"  # "cls" token or "mean" over tokens
-    num_frames: int = 32
-    image_size: int = 64
 
 
 class CausalConv3d(nn.Module):
@@ -130,28 +128,30 @@ class LookupFreeQuantizer(nn.Module):
         q = torch.where(z > 0, 1.0, -1.0)
         ids = ((q > 0).long() * self.powers).sum(-1)
         quantised = z + (q - z).detach()  # straight-through estimator
-        aux = {}
-        if self.training:
-            # p(code | z) = softmax over codes of 2 <z, code>: a factorised distribution per bit.
-            logits = 2 * z.float() @ self.codes.t()  # (N, 2^bits)
-            probs = logits.softmax(-1)
-            per_token = -(probs * logits.log_softmax(-1)).sum(-1).mean()
-            mean_probs = probs.mean(0)
-            codebook = -(mean_probs * torch.log(mean_probs.clamp_min(1e-10))).sum()
-            aux["lfq_entropy"] = self.entropy_weight * (per_token - self.gamma * codebook) / math.log(2)
-            aux["lfq_commitment"] = self.commitment_weight * F.mse_loss(z, q)
+        # p(code | z) = softmax over codes of 2 <z, code>: a factorised distribution per bit.
+        # Computed in eval mode too, so that the validation loss is the training loss's definition.
+        logits = 2 * z.float() @ self.codes.t()  # (N, 2^bits)
+        probs = logits.softmax(-1)
+        per_token = -(probs * logits.log_softmax(-1)).sum(-1).mean()
+        mean_probs = probs.mean(0)
+        codebook = -(mean_probs * torch.log(mean_probs.clamp_min(1e-10))).sum()
+        aux = {
+            "lfq_entropy": self.entropy_weight * (per_token - self.gamma * codebook) / math.log(2),
+            "lfq_commitment": self.commitment_weight * F.mse_loss(z, q),
+        }
         return quantised, ids, aux
 
 
 class MagVit(FeatureExtractor):
-    coordinates = False  # positional embeddings say where a token is
     Config = MagVitConfig
+    coordinates = False  # positional embeddings say where a token is
+    needs_input_size = True  # the token model's positional embeddings are made for one token grid
 
-    def __init__(self, config: MagVitConfig = MagVitConfig()):
-        super().__init__(config)
+    def __init__(self, config: MagVitConfig = MagVitConfig(), input_size: InputSize = InputSize()):
+        super().__init__(config, input_size)
         c1, c2, c3 = config.channels
         t1, t2 = config.time_downsample
-        self.stem = CausalConv3d(fused_channels(coordinates=self.coordinates), c1, kernel=(3, 4, 4), stride=(2, 4, 4), space_padding=0)
+        self.stem = CausalConv3d(self.in_channels, c1, kernel=(3, 4, 4), stride=(2, 4, 4), space_padding=0)
         self.encoder = nn.Sequential(
             ResBlock(c1, c1),
             CausalConv3d(c1, c2, kernel=(3, 3, 3), stride=(1 + t1, 2, 2)),  # downsample
@@ -165,10 +165,10 @@ class MagVit(FeatureExtractor):
         self.quantizer = LookupFreeQuantizer(
             config.codebook_bits, config.entropy_weight, config.commitment_weight, config.diversity_gamma
         )
-        frames = config.num_frames // 2 // (1 + t1) // (1 + t2)
-        side = config.image_size // 4 // 4
+        frames = input_size.frames // 2 // (1 + t1) // (1 + t2)  # the stem and the downsamplings
+        grid_h, grid_w = input_size.height // 16, input_size.width // 16
         self.token_embed = nn.Linear(config.codebook_bits, config.dim)
-        self.transformer = TokenEncoder((frames, side * side), config.dim, config.depth, config.heads,
+        self.transformer = TokenEncoder((frames, grid_h * grid_w), config.dim, config.depth, config.heads,
                                         config.mlp_ratio, "joint", 0.0, config.pool)
         self.project = nn.Linear(config.dim, config.feature_dim)
         self.apply(init_weights)

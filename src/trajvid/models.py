@@ -1,8 +1,8 @@
-"""The backbone registry and the multi-task model every backbone feeds.
+"""The multi-task model every backbone feeds, its loss and its optimizer groups.
 
     videos (B, 4, 32, 3, 64, 64) uint8
-      -> backbone            (B, feature_dim)       one of BACKBONES
-      -> trunk               (B, hidden)            Linear -> GELU -> Dropout, shared by both tasks
+      -> backbone            (B, feature_dim)       the one named by params `model` (registry.py)
+      -> trunk               (B, head.hidden)       Linear -> GELU -> Dropout(head.dropout), shared
       -> classifier          (B, 4)                 logits of linear / circular / helical / parabolic
       -> position head       (B, 3)                 next-frame position, normalised; the forward
                                                     pass returns it in world units
@@ -13,24 +13,17 @@ The head and the loss are identical for every backbone, so the comparison is abo
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import importlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajvid.backbone import FeatureExtractor, init_weights
-from trajvid.i3d import I3D
-from trajvid.magvit import MagVit
-from trajvid.slowfast import SlowFast
-from trajvid.transformer import VideoTransformer
+from trajvid.backbone import FeatureExtractor, InputSize
+from trajvid.layers import init_weights
+from trajvid.params import HeadParams, from_dict
+from trajvid.registry import BACKBONES
 
-BACKBONES: dict[str, type[FeatureExtractor]] = {
-    "i3d": I3D,
-    "slowfast": SlowFast,
-    "transformer": VideoTransformer,
-    "magvit": MagVit,
-}
 NUM_CLASSES = 4
 
 
@@ -39,30 +32,20 @@ class UnknownBackboneError(ValueError):
 
 
 def backbone_class(name: str) -> type[FeatureExtractor]:
+    """The backbone class registered as `name`, imported on first use."""
     if name not in BACKBONES:
         raise UnknownBackboneError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
-    return BACKBONES[name]
+    module, _, cls = BACKBONES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
-def backbone_config(name: str, **sizes):
-    """The config of backbone `name` with defaults overridden by `sizes` (unknown keys rejected)."""
-    config_cls = backbone_class(name).Config
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(sizes) - known)
-    if unknown:
-        raise TypeError(f"unknown size {unknown[0]!r} for backbone {name!r}; allowed: {', '.join(sorted(known))}")
-    sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
-    return config_cls(**sizes)
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    hidden: int = 256
-    dropout: float = 0.1
+def backbone_config(name: str, sizes: dict | None = None):
+    """The config of backbone `name` from its params block; a bad key or value is a ParamsError."""
+    return from_dict(backbone_class(name).Config, dict(sizes or {}), f"models.{name}")
 
 
 class MultiTaskModel(nn.Module):
-    def __init__(self, backbone: FeatureExtractor, head: HeadConfig = HeadConfig()):
+    def __init__(self, backbone: FeatureExtractor, head: HeadParams = HeadParams()):
         super().__init__()
         self.backbone = backbone
         self.trunk = nn.Sequential(nn.Linear(backbone.feature_dim, head.hidden), nn.GELU(), nn.Dropout(head.dropout))
@@ -95,6 +78,23 @@ class MultiTaskModel(nn.Module):
     def aux_losses(self) -> dict[str, torch.Tensor]:
         return self.backbone.aux_losses
 
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups (as nanoGPT's `configure_optimizers`): decay exactly the weight matrices and
+        kernels of Linear and convolution layers; never biases, norms, positional embeddings, CLS
+        tokens or anything else. Every trainable parameter lands in exactly one group."""
+        decayed = set()
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                decayed.add(id(module.weight))
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if id(p) in decayed else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizer(self, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+        return torch.optim.AdamW(self.parameter_groups(weight_decay), lr=learning_rate)
+
 
 def multitask_loss(
     model: MultiTaskModel,
@@ -105,7 +105,8 @@ def multitask_loss(
     position_weight: float,
     aux_weight: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Cross-entropy + weight x MSE on the normalised next position + aux_weight x backbone losses."""
+    """The one loss of training, validation and early stopping, and its parts:
+    cross-entropy + position_weight x MSE(normalised next position) + aux_weight x each backbone loss."""
     ce = F.cross_entropy(logits.float(), labels)
     mse = F.mse_loss(position_normalised.float(), model.normalise(next_position))
     parts = {"cross_entropy": ce, "position_mse_normalised": mse}
@@ -116,9 +117,15 @@ def multitask_loss(
     return total, parts
 
 
-def build_model(name: str, head: HeadConfig = HeadConfig(), **sizes) -> MultiTaskModel:
-    """The multi-task model on backbone `name`; keyword arguments override models.<name> sizes."""
-    return MultiTaskModel(backbone_class(name)(backbone_config(name, **sizes)), head)
+def build_model(name: str, head: HeadParams = HeadParams(), input_size: InputSize = InputSize(),
+                **sizes) -> MultiTaskModel:
+    """The multi-task model on backbone `name`; keyword arguments override its models.<name> sizes."""
+    return MultiTaskModel(backbone_class(name)(backbone_config(name, sizes), input_size), head)
+
+
+def backbone_sizes(model: MultiTaskModel) -> dict:
+    """The backbone's config as a params block (what config.json stores to rebuild it)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model.backbone.config).items()}
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -2,6 +2,12 @@
 
 A mistyped key is the classic way a setting is "configured but never applied" (the predecessor's
 weight decay), so unknown keys are errors, not ignored.
+
+Each group lists the keys that only say *how* a stage runs, not *what* it computes (`RUNTIME`):
+they stay out of the stage's params in dvc.yaml and out of the checkpoint fingerprint, so that
+changing them never invalidates a result. The backbones' own blocks (`models.<name>`) are checked
+by the backbone's config class when a model is built (`trajvid.models.backbone_config`); this
+module only needs their names, and imports no torch.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
+
+from trajvid.registry import BACKBONES
 
 
 class ParamsError(ValueError):
@@ -50,6 +58,8 @@ class DataParams:
     shard_size: int = 1000  # samples per Arrow file
     workers: int = 0  # rendering processes; 0 = one per available core
 
+    RUNTIME: ClassVar[tuple[str, ...]] = ("workers",)  # the files are byte-identical whatever their value
+
     def check(self, path: str) -> None:
         if self.num_samples <= 0 or self.num_samples % 4:
             raise ParamsError(
@@ -84,6 +94,9 @@ class TrainParams:
     num_workers: int = 2  # DataLoader processes decoding videos
     threads: int = 0  # torch CPU threads; 0 = all available cores
 
+    # How the run is carried out, not what it computes: not stage params, not in the fingerprint.
+    RUNTIME: ClassVar[tuple[str, ...]] = ("checkpoint_interval", "num_workers", "threads")
+
     def check(self, path: str) -> None:
         for name in ("epochs", "batch_size", "checkpoint_interval", "patience"):
             _positive(f"{path}.{name}", getattr(self, name))
@@ -100,17 +113,31 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class HeadParams:
+    """The multi-task head every backbone feeds (identical for all of them)."""
+
+    hidden: int = 256  # width of the shared trunk
+    dropout: float = 0.1  # dropout after the trunk, before the classifier and the position head
+
+    def check(self, path: str) -> None:
+        _positive(f"{path}.hidden", self.hidden)
+        if not 0 <= self.dropout < 1:
+            raise ParamsError(f"{path}.dropout={self.dropout} is not allowed: must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     data: DataParams = field(default_factory=DataParams)
     model: str = "i3d"
-    models: dict = field(default_factory=dict)  # backbone name -> its config dataclass
+    models: dict = field(default_factory=dict)  # backbone name -> its raw block (checked when built)
+    head: HeadParams = field(default_factory=HeadParams)
     train: TrainParams = field(default_factory=TrainParams)
 
     @property
-    def backbone(self):
-        """The config of the selected backbone."""
-        return self.models[self.model]
+    def backbone_sizes(self) -> dict:
+        """The selected backbone's block from params.yaml (its config class checks it)."""
+        return dict(self.models.get(self.model) or {})
 
 
 def _positive(path: str, value: int) -> None:
@@ -161,7 +188,7 @@ def from_dict(cls, values: Any, path: str):
         raise ParamsError(f"{path}={values!r} is not allowed: must be a mapping of keys to values")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(map(str, set(values) - set(fields)))
     if unknown:
         raise ParamsError(f"unknown key '{path}.{unknown[0]}'; allowed keys under '{path}': {', '.join(fields)}")
     kwargs = {name: _coerce(f"{path}.{name}", value, hints[name]) for name, value in values.items()}
@@ -173,31 +200,32 @@ def from_dict(cls, values: Any, path: str):
 
 def parse(raw: Any) -> Params:
     """Check a params mapping (as read from params.yaml) and return typed Params."""
-    from trajvid.models import BACKBONES  # the backbones define their own size keys
-
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml must be a mapping of keys to values")
     raw = dict(raw)
-    top = {"seed", "data", "model", "models", "train"}
-    unknown = sorted(set(raw) - top)
+    top = {"seed", "data", "model", "models", "head", "train"}
+    unknown = sorted(map(str, set(raw) - top))
     if unknown:
         raise ParamsError(f"unknown key '{unknown[0]}' in params.yaml; allowed top-level keys: {', '.join(sorted(top))}")
     model = raw.get("model", "i3d")
-    if model not in BACKBONES:
+    if not isinstance(model, str) or model not in BACKBONES:
         raise ParamsError(f"model={model!r} is not allowed: valid backbones are {', '.join(BACKBONES)}")
     blocks = raw.get("models") or {}
     if not isinstance(blocks, dict):
         raise ParamsError(f"models={blocks!r} is not allowed: must map backbone names to their sizes")
-    unknown = sorted(set(blocks) - set(BACKBONES))
+    unknown = sorted(map(str, set(blocks) - set(BACKBONES)))
     if unknown:
         raise ParamsError(f"unknown backbone 'models.{unknown[0]}'; valid backbones are {', '.join(BACKBONES)}")
-    models = {name: from_dict(cls.Config, blocks.get(name), f"models.{name}") for name, cls in BACKBONES.items()}
+    for name, block in blocks.items():
+        if block is not None and not isinstance(block, dict):
+            raise ParamsError(f"models.{name}={block!r} is not allowed: must be a mapping of size keys to values")
     seed = _coerce("seed", raw.get("seed", 42), int)
     return Params(
         seed=seed,
         data=from_dict(DataParams, raw.get("data"), "data"),
         model=model,
-        models=models,
+        models={name: dict(block or {}) for name, block in blocks.items()},
+        head=from_dict(HeadParams, raw.get("head"), "head"),
         train=from_dict(TrainParams, raw.get("train"), "train"),
     )
 

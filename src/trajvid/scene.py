@@ -1,4 +1,4 @@
-"""The scene of SPEC.md sections 1-2: four fixed cameras, four classes of 3D motion, a rendered sphere.
+"""The scene of docs/data.md ("Scene", "Classes"): four fixed cameras, four classes of 3D motion, a rendered sphere.
 
 Everything here is plain numpy and deterministic: a sample is a pure function of (seed, sample_id),
 so generation can be split over any number of processes and still produce identical bytes.
@@ -22,7 +22,7 @@ BACKGROUND = np.array([12, 14, 20], dtype=np.float32)  # dark, static, the same 
 SPHERE_COLOUR = np.array([235, 175, 85], dtype=np.float32)  # one colour for every class
 AMBIENT = 0.35  # shading = AMBIENT + (1 - AMBIENT) * cos(angle to the camera)
 
-# The sampling ranges of each class (SPEC.md section 2, adjusted so every point stays in the cube).
+# The sampling ranges of each class (docs/data.md, "Classes"; adjusted so every point stays in the cube).
 # The dataset card prints this table, so what is documented is what is used.
 RANGES = {
     "linear": {"path_length": (1.5, 2.5)},

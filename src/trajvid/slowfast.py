@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trajvid.backbone import BackboneConfig, FeatureExtractor, fused_channels, init_weights
+from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
+from trajvid.layers import ConvBNReLU, init_weights
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,6 @@ class SlowFastConfig(BackboneConfig):
     dropout: float = 0.0
 
 
-def _conv_bn_relu(c_in, c_out, kernel, stride=(1, 1, 1), relu=True) -> nn.Sequential:
-    padding = tuple(k // 2 for k in kernel)
-    layers = [nn.Conv3d(c_in, c_out, kernel, stride, padding, bias=False), nn.BatchNorm3d(c_out)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
 class Bottleneck(nn.Module):
     """Tx1x1 reduce -> 1x3x3 (spatial stride) -> 1x1x1 expand, plus a projected shortcut."""
 
@@ -60,11 +53,11 @@ class Bottleneck(nn.Module):
         super().__init__()
         inner = c_out // 4
         stride = (1, spatial_stride, spatial_stride)
-        self.a = _conv_bn_relu(c_in, inner, (temporal_kernel, 1, 1))
-        self.b = _conv_bn_relu(inner, inner, (1, 3, 3), stride)
-        self.c = _conv_bn_relu(inner, c_out, (1, 1, 1), relu=False)
+        self.a = ConvBNReLU(c_in, inner, (temporal_kernel, 1, 1))
+        self.b = ConvBNReLU(inner, inner, (1, 3, 3), stride)
+        self.c = ConvBNReLU(inner, c_out, (1, 1, 1), relu=False)
         self.shortcut = (
-            _conv_bn_relu(c_in, c_out, (1, 1, 1), stride, relu=False)
+            ConvBNReLU(c_in, c_out, (1, 1, 1), stride, relu=False)
             if c_in != c_out or spatial_stride != 1
             else nn.Identity()
         )
@@ -79,7 +72,7 @@ class Lateral(nn.Module):
 
     def __init__(self, c_fast: int, alpha: int, kernel: int):
         super().__init__()
-        self.conv = _conv_bn_relu(c_fast, 2 * c_fast, (kernel, 1, 1), (alpha, 1, 1))
+        self.conv = ConvBNReLU(c_fast, 2 * c_fast, (kernel, 1, 1), (alpha, 1, 1))
 
     def forward(self, fast: torch.Tensor) -> torch.Tensor:
         return self.conv(fast)
@@ -89,8 +82,8 @@ class SlowFast(FeatureExtractor):
     Config = SlowFastConfig
     channels_last = True
 
-    def __init__(self, config: SlowFastConfig = SlowFastConfig()):
-        super().__init__(config)
+    def __init__(self, config: SlowFastConfig = SlowFastConfig(), input_size: InputSize = InputSize()):
+        super().__init__(config, input_size)
         c, beta_inv, alpha = config.width, config.beta_inv, config.alpha
         self.alpha = alpha
         slow_widths = [c, 4 * c, 8 * c, 16 * c, 32 * c]  # stem, res2..res5
@@ -98,8 +91,8 @@ class SlowFast(FeatureExtractor):
         slow_temporal = [1, 1, 1, 3, 3]  # temporal kernels: 1 early, 3 late (res4, res5)
         spatial_strides = [1, 2, 2, 2]  # res2..res5
 
-        self.slow_stem = _conv_bn_relu(fused_channels(), slow_widths[0], (slow_temporal[0], 7, 7), (1, 4, 4))
-        self.fast_stem = _conv_bn_relu(fused_channels(), fast_widths[0], (5, 7, 7), (1, 4, 4))
+        self.slow_stem = ConvBNReLU(self.in_channels, slow_widths[0], (slow_temporal[0], 7, 7), (1, 4, 4))
+        self.fast_stem = ConvBNReLU(self.in_channels, fast_widths[0], (5, 7, 7), (1, 4, 4))
         self.laterals = nn.ModuleList([Lateral(fast_widths[0], alpha, config.lateral_kernel)])
         self.slow_stages, self.fast_stages = nn.ModuleList(), nn.ModuleList()
         for i in range(4):
