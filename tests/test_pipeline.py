@@ -58,7 +58,7 @@ def test_a_change_to_imported_code_invalidates_the_stages_that_run_it(baseline):
         path.write_text(original + "\n# a change\n")
         assert {"generate", "train", "evaluate"} <= changed_stages(baseline)
         path.write_text(original)
-        metrics_file = baseline / "src" / "trajvid" / "metrics.py"  # imported by train and evaluate only
+        metrics_file = baseline / "src" / "trajvid" / "model_files.py"  # imported by train and evaluate only
         metrics_original = metrics_file.read_text()
         metrics_file.write_text(metrics_original + "\n# a change\n")
         assert changed_stages(baseline) == {"train", "evaluate"}
@@ -82,6 +82,31 @@ def test_runtime_settings_do_not_invalidate_any_stage(baseline):
         assert changed_stages(baseline) == {"train"}
     finally:
         params_file.write_text(original)
+
+
+def test_dvc_checkout_restores_a_damaged_shard_and_model(baseline):
+    """The remedy the one-line errors name works: `dvc checkout` brings back the cached files."""
+    shard = sorted((baseline / "data" / "trajectories" / "data").glob("train-*.arrow"))[0]
+    weights = baseline / "models" / "model.safetensors"
+    good_shard, good_weights = shard.read_bytes(), weights.read_bytes()
+    damaged = bytearray(good_shard)
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 4096] = bytes(4096)
+    shard.write_bytes(bytes(damaged))
+    weights.write_bytes(b"\xff" * 8 + good_weights[8:])
+    result = run(["trajvid", "train", "--no-progress", "--live", "none", "--out", "scratch-models"], baseline, check=False)
+    assert result.returncode == 2 and "dvc checkout --force data/trajectories" in result.stderr, result.stderr
+    try:
+        run(["dvc", "checkout", "--force", "data/trajectories"], baseline)
+        assert shard.read_bytes() == good_shard
+        result = run(["trajvid", "evaluate", "--out", "scratch-metrics"], baseline, check=False)
+        assert result.returncode == 2 and "dvc checkout --force train" in result.stderr, result.stderr
+        run(["dvc", "checkout", "--force", "train"], baseline)
+        assert weights.read_bytes() == good_weights
+    finally:  # the module's other tests share this repository
+        shard.write_bytes(good_shard)
+        weights.write_bytes(good_weights)
+    assert changed_stages(baseline) == set()
+    assert not (baseline / "scratch-models").exists() and not (baseline / "scratch-metrics").exists()
 
 
 def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(baseline, tmp_path):

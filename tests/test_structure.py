@@ -16,7 +16,7 @@ from conftest import EXTRA_BACKBONE, ROOT, make_repo, run, tiny_params, write_pa
 from trajvid.params import DataParams, TrainParams
 
 PACKAGE = ROOT / "src" / "trajvid"
-STAGE_MODULES = {"generate", "train", "evaluate"}
+STAGE_MODULES = {"generate", "baseline", "train", "evaluate"}
 DISPATCH = {"trajvid", "trajvid.__main__", "trajvid.cli"}  # argument parsing only (docs/design.md)
 
 
@@ -76,7 +76,7 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(tmp_path):
     params = tiny_params(num_samples=40, epochs=1)
     write_params(tmp_path / "params.yaml", params)
     stages = dvc_stages()
-    for stage, args in (("generate", ["--no-progress"]), ("train", ["--no-progress"]), ("evaluate", [])):
+    for stage, args in (("generate", ["--no-progress"]), ("baseline", []), ("train", ["--no-progress"]), ("evaluate", [])):
         run([sys.executable, "-c", RECORD_MODULES, stage, *args], tmp_path)
         modules = set(json.loads((tmp_path / "modules.json").read_text())) - DISPATCH
         imported = {f"src/trajvid/{m.split('.', 1)[1]}.py" for m in modules}

@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from trajvid.params import ParamsError, check_positive
 from trajvid.scene import BACKGROUND
 
 NUM_COORDINATES = 3  # x, y, t
@@ -37,6 +38,12 @@ PIXEL_SCALE = 64.0  # uint8 units per input unit: the sphere's brightest channel
 @dataclass(frozen=True)
 class BackboneConfig:
     feature_dim: int = 1024
+
+    def check(self, path: str) -> None:
+        """Reject sizes that cannot build a network, naming the key (params.from_dict calls this)."""
+        check_positive(self, path, "feature_dim")
+        if hasattr(self, "dropout") and not 0 <= self.dropout < 1:
+            raise ParamsError(f"{path}.dropout={self.dropout} is not allowed: must be in [0, 1)")
 
 
 @dataclass(frozen=True)

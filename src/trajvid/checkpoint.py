@@ -18,9 +18,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from trajvid.files import atomic_directory, is_temporary
+from trajvid.errors import TrajvidError
+from trajvid.files import atomic_directory, is_temporary, writing
 from trajvid.model_files import contiguous_state
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{3,})$")
@@ -69,27 +71,34 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 def save(directory: Path, epoch: int, model: torch.nn.Module, optimizer, scheduler, state: dict) -> Path:
     """Write checkpoint `directory/epoch-NNN` atomically; returns its path."""
     final = directory / f"epoch-{epoch:03d}"
-    with atomic_directory(final) as tmp:
-        save_file(contiguous_state(model), str(tmp / "model.safetensors"))
-        tensors, optimizer_meta = optimizer_tensors(optimizer)
+    weights = contiguous_state(model)
+    tensors, optimizer_meta = optimizer_tensors(optimizer)
+    needed = sum(t.numel() * t.element_size() for t in (*weights.values(), *tensors.values()))
+    with writing(f"checkpoint {final.name}", final, needed), atomic_directory(final) as tmp:
+        save_file(weights, str(tmp / "model.safetensors"))
         save_file({**tensors, **rng_tensors()}, str(tmp / "optimizer.safetensors"))
         full_state = {**state, "epoch": epoch, "optimizer": optimizer_meta, "scheduler": scheduler.state_dict()}
         (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
     return final
 
 
+class CheckpointError(TrajvidError):
+    """A checkpoint that cannot be restored (damaged or incomplete files)."""
+
+
 def read_state(path: Path) -> dict | None:
     try:
-        return json.loads((path / "state.json").read_text())
-    except (OSError, ValueError):
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
+    return state if isinstance(state, dict) else None
 
 
-def find_latest(directory: Path, fingerprint: str) -> Path | None:
-    """The latest complete checkpoint of the configuration `fingerprint`, if any."""
-    best, best_epoch = None, -1
+def candidates(directory: Path, fingerprint: str) -> list[Path]:
+    """Complete checkpoints of the configuration `fingerprint`, newest first."""
+    found = []
     if not directory.is_dir():
-        return None
+        return found
     for path in directory.iterdir():
         match = CHECKPOINT_PATTERN.match(path.name)
         if not match or not path.is_dir():
@@ -99,34 +108,57 @@ def find_latest(directory: Path, fingerprint: str) -> Path | None:
             continue
         if not all((path / f).is_file() for f in ("model.safetensors", "optimizer.safetensors")):
             continue
-        if int(match.group(1)) > best_epoch:
-            best, best_epoch = path, int(match.group(1))
-    return best
+        found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def find_latest(directory: Path, fingerprint: str) -> Path | None:
+    """The latest complete checkpoint of the configuration `fingerprint`, if any."""
+    found = candidates(directory, fingerprint)
+    return found[0] if found else None
 
 
 def remove_foreign(directory: Path, fingerprint: str) -> list[str]:
-    """Delete checkpoints (and leftover temporaries) that belong to another configuration."""
+    """Delete leftover temporaries and the checkpoints of another configuration or with an
+    unreadable state; returns one message per removal."""
     removed = []
     if not directory.is_dir():
         return removed
     for path in directory.iterdir():
         if is_temporary(path):
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
+            removed.append(f"removed {path.name}: an unfinished checkpoint write")
             continue
-        state = read_state(path) if path.is_dir() else None
-        if CHECKPOINT_PATTERN.match(path.name) and (state is None or state.get("fingerprint") != fingerprint):
+        if not (CHECKPOINT_PATTERN.match(path.name) and path.is_dir()):
+            continue
+        state = read_state(path)
+        if state is None:
             shutil.rmtree(path)
-            removed.append(path.name)
+            removed.append(f"removed checkpoint {path.name}: its state.json is damaged")
+        elif state.get("fingerprint") != fingerprint:
+            shutil.rmtree(path)
+            removed.append(f"removed checkpoint {path.name}: it belongs to another configuration")
     return removed
 
 
 def load(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
-    """Restore model, optimizer, scheduler and RNG from checkpoint `path`; returns its state."""
+    """Restore model, optimizer, scheduler and RNG from checkpoint `path`; returns its state.
+
+    Every file is read and checked before anything is restored; a damaged one raises
+    CheckpointError (the caller then falls back to an older checkpoint)."""
     state = read_state(path)
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    load_optimizer(optimizer, tensors, state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    restore_rng(tensors)
+    try:
+        weights = load_file(str(path / "model.safetensors"))
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        expected = model.state_dict()
+        if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in expected):
+            raise ValueError("model.safetensors does not fit the model")
+        if "rng.cpu" not in tensors or not {"optimizer", "scheduler", "history", "best", "epoch"} <= set(state):
+            raise ValueError("incomplete checkpoint")
+        model.load_state_dict(weights)
+        load_optimizer(optimizer, tensors, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng(tensors)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{path} is damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
     return state

@@ -4,17 +4,25 @@ Only argument parsing and dispatch live here: each command reads params.yaml and
 function, which receives everything it computes with as arguments. (That is why dvc.yaml lists
 the stage modules as deps and not this file: see docs/design.md, "Stage dependencies".)
 
-Bad input ends with one line `error: ...` on stderr and exit code 2; nothing half-written stays.
+Expected failures (bad params, missing or damaged data and model files, a full disk, a diverged
+training, SIGTERM or Ctrl-C) end with one line `error: ...` on stderr and an exit code: 2 for bad
+input, 1 for a diverged training, 128 + the signal's number for an interrupt. Nothing
+half-written stays. A traceback means a bug.
 """
 
 from __future__ import annotations
 
+import functools
+import signal
 import sys
 from pathlib import Path
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+from trajvid.errors import Interrupted, TrajvidError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="The trajvid pipeline's stages, each reading params.yaml (see README.md).")
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="The parameters file.")
 
@@ -29,16 +37,42 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(path: Path):
-    from trajvid.params import ParamsError, load
+def _raise_interrupted(signum, _frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
-    try:
-        return load(path)
-    except ParamsError as error:
-        _fail(str(error))
+
+def stage(command):
+    """Run a command with SIGTERM turned into an exception (so that cleanup runs) and every
+    expected failure reported as one line."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            return command(*args, **kwargs)
+        except TrajvidError as error:
+            _fail(str(error), error.exit_code)
+        except (Interrupted, KeyboardInterrupt) as error:
+            name = error.signal_name if isinstance(error, Interrupted) else "SIGINT"
+            doing = getattr(error, "while_writing", None)
+            where = f"while writing {doing}" if doing else f"during `trajvid {command.__name__}`"
+            _fail(f"interrupted by {name} {where}; nothing half-written was kept and earlier outputs are "
+                  "intact; run it again (`dvc repro`) to restart, or to resume training from its last checkpoint",
+                  128 + getattr(signal, name))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return run
+
+
+def _load(path: Path):
+    from trajvid.params import load
+
+    return load(path)
 
 
 @app.command()
+@stage
 def generate(
     params_file: Path = PARAMS,
     out: Path = typer.Option(Path("data/trajectories"), help="Output dataset directory."),
@@ -46,18 +80,15 @@ def generate(
 ) -> None:
     """Render the synthetic dataset (stage `generate`)."""
     from trajvid.generate import generate as run
-    from trajvid.params import ParamsError
 
     params = _load(params_file)
-    try:
-        summary = run(params.seed, params.data, out, progress=_show_progress(progress))
-    except ParamsError as error:
-        _fail(str(error))
+    summary = run(params.seed, params.data, out, progress=_show_progress(progress))
     counts = {split: sum(c.values()) for split, c in summary["splits"].items()}
     typer.echo(f"wrote {out}: {counts} in {len(summary['files'])} shards")
 
 
 @app.command()
+@stage
 def train(
     params_file: Path = PARAMS,
     data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory."),
@@ -66,20 +97,14 @@ def train(
     progress: bool | None = typer.Option(None, help="Show a progress bar with ETA [default: on a terminal]."),
 ) -> None:
     """Train params.model on the train split (stage `train`); resumes from a matching checkpoint."""
-    from trajvid.data import MissingDataError
-    from trajvid.params import ParamsError
-    from trajvid.train import TrainingDiverged, train as run
+    from trajvid.train import train as run
 
     params = _load(params_file)
-    try:
-        run(params, data, out, None if live == "none" else live, progress=_show_progress(progress))
-    except (MissingDataError, ParamsError) as error:
-        _fail(str(error))
-    except TrainingDiverged as error:
-        _fail(str(error), code=1)
+    run(params, data, out, None if live == "none" else live, progress=_show_progress(progress))
 
 
 @app.command()
+@stage
 def evaluate(
     data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory."),
     model: Path = typer.Option(Path("models"), help="Trained model directory."),
@@ -87,19 +112,30 @@ def evaluate(
     params_file: Path = PARAMS,
 ) -> None:
     """Evaluate the trained model on the test split (stage `evaluate`)."""
-    from trajvid.data import MissingDataError
     from trajvid.evaluate import evaluate as run
 
     params = _load(params_file)
-    try:
-        metrics = run(data, model, out, threads=params.train.threads, num_workers=params.train.num_workers)
-    except (MissingDataError, FileNotFoundError) as error:
-        _fail(str(error))
+    metrics = run(data, model, out, threads=params.train.threads, num_workers=params.train.num_workers)
     test = metrics["test"]
     typer.echo(
         f"{metrics['model']['name']}: test accuracy {test['accuracy']:.4f}, "
         f"next-position RMSE {test['position_rmse']:.4f}"
     )
+
+
+@app.command()
+@stage
+def baseline(
+    data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory."),
+    out: Path = typer.Option(Path("metrics/baseline.json"), help="Metrics file to write."),
+) -> None:
+    """The classical yardstick on the test split: centroids, triangulation, per-class fits (stage `baseline`)."""
+    from trajvid.baseline import baseline as run
+
+    result = run(data, out)
+    test = result["test"]
+    typer.echo(f"baseline: test accuracy {test['accuracy']:.4f}, next-position RMSE {test['position_rmse']:.4f} "
+               f"(copying the last position: {result['copy_last']['position_rmse']:.4f})")
 
 
 def main() -> None:  # `python -m trajvid`

@@ -10,10 +10,16 @@ other code sees are channel-first, (camera, frame, channel, height, width), as d
 
 `open_split` memory-maps the shards and decompresses one video per access, so a process holds
 only the compressed bytes it touches (shared, file-backed pages) plus the samples in flight.
+
+Integrity at the door: `generate` writes `SHA256SUMS` (the format of `sha256sum -c`) beside the
+card, and `open_split` checks the shards of its split against it before anything reads them
+(~0.1 s for the 10,000-sample dataset), so an interrupted copy or a half-synced cache stops a
+stage in one line naming the file and the remedy, not deep inside training.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,11 +27,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from trajvid.errors import TrajvidError
 from trajvid.scene import CLASS_NAMES
 
 CODEC = "zstd"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
+CHECKSUMS = "SHA256SUMS"  # beside the card: "<sha256>  data/<shard>.arrow" per line
+RESTORE = "restore it with `dvc checkout --force data/trajectories` (or `dvc pull --force`), or regenerate it with `dvc repro generate`"
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -88,8 +97,40 @@ def compress_video(frames: np.ndarray, level: int = 3) -> bytes:
     return pa.Codec(CODEC, compression_level=level).compress(frames, asbytes=True)
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(TrajvidError, FileNotFoundError):
     pass
+
+
+class DamagedDataError(TrajvidError):
+    """A shard that does not match its checksum, or a sample that does not decode."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksum_lines(root: Path, names: list[str]) -> str:
+    """SHA256SUMS content for the shards `names` (paths relative to `root`)."""
+    return "".join(f"{sha256_file(root / name)}  {name}\n" for name in names)
+
+
+def verify_shards(root: Path, files: list[Path]) -> None:
+    """Check `files` against root/SHA256SUMS; raise DamagedDataError naming the first bad one."""
+    listing = root / CHECKSUMS
+    try:
+        expected = dict(reversed(line.split("  ", 1)) for line in listing.read_text().splitlines() if line)
+    except (OSError, ValueError):
+        raise DamagedDataError(f"{listing} is missing or unreadable, so the shards cannot be checked; {RESTORE}") from None
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        if name not in expected:
+            raise DamagedDataError(f"{path} is not listed in {listing}: the dataset is incomplete or mixed; {RESTORE}")
+        if sha256_file(path) != expected[name]:
+            raise DamagedDataError(f"{path} is damaged (its SHA-256 does not match {CHECKSUMS}); {RESTORE}")
 
 
 def _split_files(root: Path, split: str) -> list[Path]:
@@ -120,21 +161,28 @@ class TrajectorySplit(torch.utils.data.Dataset):
     sample_id  int64 ()
     """
 
-    def __init__(self, root: str | Path, split: str):
+    def __init__(self, root: str | Path, split: str, verify: bool = True):
         self.root = Path(root)
         self.split = split
         self.files = _split_files(self.root, split)
+        if verify:
+            verify_shards(self.root, self.files)
         self._open()
 
     def _open(self) -> None:
         tables = []
         for path in self.files:
-            with pa.memory_map(str(path)) as source:  # buffers stay valid after close: they map the file
-                tables.append(pa.ipc.open_stream(source).read_all())
+            try:
+                with pa.memory_map(str(path)) as source:  # buffers stay valid after close: they map the file
+                    tables.append(pa.ipc.open_stream(source).read_all())
+            except (OSError, pa.ArrowException) as error:
+                raise DamagedDataError(f"{path} cannot be read ({_first_line(error)}); {RESTORE}") from None
         table = pa.concat_tables(tables)
-        meta = json.loads(table.schema.metadata[b"trajvid"])
+        self._row_files = np.repeat(np.arange(len(tables)), [len(t) for t in tables])  # row -> shard
+        meta = json.loads((table.schema.metadata or {}).get(b"trajvid", b"{}"))
         if meta.get("format_version") != FORMAT_VERSION or meta.get("video_codec") != CODEC:
-            raise ValueError(f"{self.root}: unsupported dataset format {meta.get('format_version')!r}; regenerate it")
+            raise DamagedDataError(f"{self.root}: not a trajvid dataset of format {FORMAT_VERSION} (found "
+                                   f"{meta.get('format_version')!r}); regenerate it with `dvc repro generate`")
         self.video_shape = tuple(meta["video_shape"])  # channel-last, as stored
         self.num_bytes = int(np.prod(self.video_shape))
         self.labels = table.column("label").to_numpy()
@@ -174,7 +222,13 @@ class TrajectorySplit(torch.utils.data.Dataset):
 
     def video(self, index: int) -> np.ndarray:
         """uint8 (camera, frame, height, width, channel), as stored."""
-        raw = self._codec.decompress(self.video_bytes(index), decompressed_size=self.num_bytes)
+        try:
+            raw = self._codec.decompress(self.video_bytes(index), decompressed_size=self.num_bytes)
+        except (OSError, pa.ArrowException) as error:
+            shard = self.files[self._row_files[index]]
+            raise DamagedDataError(
+                f"sample {int(self.sample_ids[index])} of {shard} does not decode ({_first_line(error)}); {RESTORE}"
+            ) from None
         return np.frombuffer(raw, dtype=np.uint8).reshape(self.video_shape)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -190,6 +244,12 @@ class TrajectorySplit(torch.utils.data.Dataset):
         }
 
 
-def open_split(root: str | Path, split: str) -> TrajectorySplit:
-    """The split `split` of the dataset at `root`, decoded lazily on access (docs/data.md, "Python API")."""
-    return TrajectorySplit(root, split)
+def open_split(root: str | Path, split: str, verify: bool = True) -> TrajectorySplit:
+    """The split `split` of the dataset at `root`, decoded lazily on access (docs/data.md, "Python API").
+
+    With `verify` (the default) its shards are checked against the dataset's SHA256SUMS first."""
+    return TrajectorySplit(root, split, verify)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

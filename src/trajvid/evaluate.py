@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from trajvid.data import open_split
 from trajvid.devices import set_threads
-from trajvid.files import write_json
+from trajvid.files import write_json, writing
 from trajvid.metrics import SplitMetrics
 from trajvid.model_files import WEIGHTS, load_trained
 from trajvid.models import count_parameters
@@ -41,8 +41,9 @@ def predict(model, dataset, batch_size: int = 32, num_workers: int = 2) -> tuple
 def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path = "models",
              out_dir: str | Path = "metrics", threads: int = 0, num_workers: int = 2) -> dict:
     set_threads(threads)
+    test_split = open_split(data_dir, "test")  # checks the shards before any other work
     model, config = load_trained(model_dir)
-    metrics, confusion = predict(model, open_split(data_dir, "test"), num_workers=num_workers)
+    metrics, confusion = predict(model, test_split, num_workers=num_workers)
     test = metrics.result()
     del test["losses"]  # none are computed here: the test split only reports task figures
     training = config["training"]
@@ -62,8 +63,9 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
         },
     }
     out = Path(out_dir)
-    write_json(out / "confusion.json", confusion)
-    write_json(out / "position_error.json",
-               [{"class": name, "rmse": rmse} for name, rmse in test["per_class_position_rmse"].items()])
-    write_json(out / "metrics.json", result)
+    with writing("the test metrics", out):
+        write_json(out / "confusion.json", confusion)
+        write_json(out / "position_error.json",
+                   [{"class": name, "rmse": rmse} for name, rmse in test["per_class_position_rmse"].items()])
+        write_json(out / "metrics.json", result)
     return result

@@ -8,6 +8,7 @@ previous version of the output stays intact until the new one is complete.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,6 +17,58 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from trajvid.errors import Interrupted, TrajvidError
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+class DiskFullError(TrajvidError):
+    """No space left while writing an output (the previous output is left as it was)."""
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the filesystem of `path` (or of its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} KB"
+
+
+@contextmanager
+def writing(what: str, path: str | Path, needed_bytes: float | None = None) -> Iterator[None]:
+    """Name the output being written: a full disk inside becomes a DiskFullError saying what was
+    written, where, how much it needs and how much is free; an interrupt (SIGTERM, Ctrl-C) passing
+    through is tagged `while_writing` for the one-line message of `cli.py`."""
+    path = Path(path)
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted) as interrupt:
+        if not hasattr(interrupt, "while_writing"):
+            interrupt.while_writing = f"{what} ({path})"
+        raise
+    except Exception as error:
+        if not is_no_space(error):
+            raise
+        need = f"it needs about {_megabytes(needed_bytes)}, " if needed_bytes else ""
+        raise DiskFullError(
+            f"no space left on the device while writing {what} to {path}: {need}"
+            f"{_megabytes(free_bytes(path.parent))} are free there; free some space and run again "
+            "(the previous outputs are intact)"
+        ) from None
+
+
+def is_no_space(error: BaseException) -> bool:
+    """A full disk or quota, also when a library reports it in its own exception (safetensors
+    raises `SafetensorError: ... No space left on device (os error 28)`)."""
+    if isinstance(error, OSError) and error.errno in NO_SPACE:
+        return True
+    text = str(error)
+    return any(f"os error {code})" in text for code in NO_SPACE) or "No space left on device" in text
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import signal
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,9 +20,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from trajvid import scene
-from trajvid.data import SPLITS, arrow_schema, compress_video, record_batch, shard_name
+from trajvid.data import CHECKSUMS, SPLITS, arrow_schema, checksum_lines, compress_video, record_batch, shard_name
 from trajvid.devices import available_cores
-from trajvid.files import atomic_directory
+from trajvid.files import atomic_directory, writing
+
+BYTES_PER_SAMPLE = 7_400  # measured at 4 x 32 x 64 x 64 (the default); for the disk-space estimate
 from trajvid.params import DataParams, ParamsError
 
 CHUNK = 32  # samples rendered per task: 32 x 1.5 MB of frames per worker buffer
@@ -55,6 +58,13 @@ def stratified_split(seed: int, data: DataParams) -> dict[str, np.ndarray]:
 
 _renderer: scene.Renderer | None = None
 _settings: tuple[int, int, float] | None = None
+
+
+def _init_pool_worker(*args) -> None:
+    # A worker process leaves signals to the parent, which cleans up and terminates the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(*args)
 
 
 def _init_worker(seed: int, num_frames: int, image_size: int, noise_std: float) -> None:
@@ -95,7 +105,9 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
             shards.append((shard_name(split, index, count), len(chunks)))
             tasks.extend(chunks)
 
-    with atomic_directory(out) as tmp:  # `out` is replaced only once everything is written
+    needed = BYTES_PER_SAMPLE * data.num_samples * (data.num_frames / 32) * (data.image_size / 64) ** 2
+    # `out` is replaced only once everything is written; a full disk or a signal leaves it as it was
+    with writing("the dataset", out, needed), atomic_directory(out) as tmp:
         (tmp / "data").mkdir()
         workers = data.workers or available_cores()
         init_args = (seed, data.num_frames, data.image_size, data.noise_std)
@@ -119,6 +131,7 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
             },
             "files": [name for name, _ in shards],
         }
+        (tmp / CHECKSUMS).write_text(checksum_lines(tmp, summary["files"]))
         (tmp / "README.md").write_text(dataset_card(summary, video_shape, cameras))
     return summary
 
@@ -134,7 +147,7 @@ class _pool:
             _init_worker(*self.init_args)
             return lambda fn, items: map(fn, items)
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=self.init_args)
+        self.pool = context.Pool(self.workers, initializer=_init_pool_worker, initargs=self.init_args)
         return lambda fn, items: self.pool.imap(fn, items, chunksize=1)
 
     def __exit__(self, *exc):
@@ -227,7 +240,7 @@ Stratified by class (the same fractions of every class), fixed by the seed.
 |---|---|---|---|---|---|
 {split_rows}
 
-Files:
+Files (their SHA-256 sums are in `SHA256SUMS`; check them with `sha256sum -c SHA256SUMS`):
 
 {files}
 

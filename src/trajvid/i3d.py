@@ -33,6 +33,7 @@ from torch import nn
 
 from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
 from trajvid.layers import ConvBNReLU, init_weights
+from trajvid.params import ParamsError, check_positive
 
 # Inception branch widths of the reference, per block: (b0, b1 reduce, b1, b2 reduce, b2, b3).
 INCEPTION_WIDTHS = {
@@ -55,6 +56,12 @@ class I3DConfig(BackboneConfig):
     stem_kernel: tuple[int, int, int] = (3, 7, 7)
     stem_stride: tuple[int, int, int] = (2, 4, 4)
     dropout: float = 0.0
+
+    def check(self, path: str) -> None:
+        super().check(path)
+        check_positive(self, path, "width", "stem_kernel", "stem_stride")
+        if self.feature_dim < 8:
+            raise ParamsError(f"{path}.feature_dim={self.feature_dim} is not allowed: Mixed_5c's four branches need >= 8")
 
 
 def unit3d(c_in: int, c_out: int, kernel=(1, 1, 1), stride=(1, 1, 1)) -> ConvBNReLU:

@@ -38,6 +38,7 @@ from torch import nn
 
 from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
 from trajvid.layers import TokenEncoder, init_weights
+from trajvid.params import ParamsError, check_choice, check_positive
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,26 @@ class MagVitConfig(BackboneConfig):
     heads: int = 4
     mlp_ratio: int = 4
     pool: str = "cls"  # "cls" token or "mean" over tokens
+
+    MAX_BITS = 14  # the entropy loss holds a (tokens, 2^bits) matrix
+
+    def check(self, path: str) -> None:
+        super().check(path)
+        check_positive(self, path, "channels", "codebook_bits", "dim", "depth", "heads", "mlp_ratio")
+        if self.codebook_bits > self.MAX_BITS:
+            raise ParamsError(f"{path}.codebook_bits={self.codebook_bits} is not allowed: at most {self.MAX_BITS}")
+        if any(t not in (0, 1) for t in self.time_downsample):
+            raise ParamsError(f"{path}.time_downsample={list(self.time_downsample)} is not allowed: each entry is 0 or 1")
+        for c in self.channels:
+            if c % FrameGroupNorm.default_groups(c):
+                raise ParamsError(f"{path}.channels={list(self.channels)} is not allowed: {c} does not split into "
+                                  f"{FrameGroupNorm.default_groups(c)} normalisation groups")
+        if self.dim % self.heads:
+            raise ParamsError(f"{path}.dim={self.dim} is not allowed: must be divisible by heads={self.heads}")
+        for name in ("entropy_weight", "commitment_weight", "diversity_gamma"):
+            if getattr(self, name) < 0:
+                raise ParamsError(f"{path}.{name}={getattr(self, name)} is not allowed: must be >= 0")
+        check_choice(self, path, "pool", ("cls", "mean"))
 
 
 class CausalConv3d(nn.Module):
@@ -81,9 +102,13 @@ class FrameGroupNorm(nn.Module):
     first ones, undoing the causal convolutions.
     """
 
+    @staticmethod
+    def default_groups(channels: int) -> int:
+        return min(8, max(1, channels // 4))
+
     def __init__(self, channels: int, groups: int | None = None, eps: float = 1e-5):
         super().__init__()
-        self.groups = groups or min(8, max(1, channels // 4))
+        self.groups = groups or self.default_groups(channels)
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
@@ -149,6 +174,9 @@ class MagVit(FeatureExtractor):
 
     def __init__(self, config: MagVitConfig = MagVitConfig(), input_size: InputSize = InputSize()):
         super().__init__(config, input_size)
+        if input_size.height % 16 or input_size.width % 16:
+            raise ParamsError(f"data.image_size={input_size.height} is not allowed for magvit: its tokenizer "
+                              "downsamples space by 16, so the size must be a multiple of 16")
         c1, c2, c3 = config.channels
         t1, t2 = config.time_downsample
         self.stem = CausalConv3d(self.in_channels, c1, kernel=(3, 4, 4), stride=(2, 4, 4), space_padding=0)
@@ -166,6 +194,9 @@ class MagVit(FeatureExtractor):
             config.codebook_bits, config.entropy_weight, config.commitment_weight, config.diversity_gamma
         )
         frames = input_size.frames // 2 // (1 + t1) // (1 + t2)  # the stem and the downsamplings
+        if frames < 1:
+            raise ParamsError(f"data.num_frames={input_size.frames} is not allowed for magvit: its tokenizer "
+                              f"downsamples time by {2 * (1 + t1) * (1 + t2)}")
         grid_h, grid_w = input_size.height // 16, input_size.width // 16
         self.token_embed = nn.Linear(config.codebook_bits, config.dim)
         self.transformer = TokenEncoder((frames, grid_h * grid_w), config.dim, config.depth, config.heads,

@@ -22,10 +22,11 @@ from typing import Any, ClassVar
 
 import yaml
 
+from trajvid.errors import TrajvidError
 from trajvid.registry import BACKBONES
 
 
-class ParamsError(ValueError):
+class ParamsError(TrajvidError, ValueError):
     """A bad parameter: the message names the key, the value and what is allowed."""
 
 
@@ -145,6 +146,20 @@ def _positive(path: str, value: int) -> None:
         raise ParamsError(f"{path}={value} is not allowed: must be a positive integer")
 
 
+def check_positive(obj, path: str, *names: str) -> None:
+    """Every named field of `obj` (a number or a list of them) must be > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if not v > 0:
+                raise ParamsError(f"{path}.{name}={value!r} is not allowed: must be positive")
+
+
+def check_choice(obj, path: str, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in choices:
+        raise ParamsError(f"{path}.{name}={getattr(obj, name)!r} is not allowed: use one of {', '.join(choices)}")
+
+
 def _coerce(path: str, value: Any, kind: Any) -> Any:
     """`value` as type `kind`; ints are accepted for floats (YAML writes 1 for 1.0)."""
     if dataclasses.is_dataclass(kind):
@@ -158,8 +173,10 @@ def _coerce(path: str, value: Any, kind: Any) -> Any:
         kind = next(o for o in options if o is not type(None))
         origin = typing.get_origin(kind)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ParamsError(f"{path}={value!r} is not allowed: must be a list of integers")
+        length = len(typing.get_args(kind))
+        if (not isinstance(value, (list, tuple)) or len(value) != length
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ParamsError(f"{path}={value!r} is not allowed: must be a list of {length} integers")
         return tuple(value)
     if kind is bool:
         if not isinstance(value, bool):
@@ -170,8 +187,8 @@ def _coerce(path: str, value: Any, kind: Any) -> Any:
             raise ParamsError(f"{path}={value!r} is not allowed: must be an integer")
         return value
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{path}={value!r} is not allowed: must be a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ParamsError(f"{path}={value!r} is not allowed: must be a finite number")
         return float(value)
     if kind is str:
         if not isinstance(value, str):

@@ -34,6 +34,7 @@ from torch import nn
 
 from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
 from trajvid.layers import ConvBNReLU, init_weights
+from trajvid.params import ParamsError, check_positive
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,13 @@ class SlowFastConfig(BackboneConfig):
     width: int = 32  # slow stem channels; stage outputs are 4, 8, 16, 32 x width
     lateral_kernel: int = 5
     dropout: float = 0.0
+
+    def check(self, path: str) -> None:
+        super().check(path)
+        check_positive(self, path, "alpha", "beta_inv", "width", "lateral_kernel")
+        if self.width < self.beta_inv:
+            raise ParamsError(f"{path}.width={self.width} is not allowed: the fast pathway has width / beta_inv "
+                              f"= {self.width}/{self.beta_inv} channels, which must be at least 1")
 
 
 class Bottleneck(nn.Module):
@@ -85,6 +93,9 @@ class SlowFast(FeatureExtractor):
     def __init__(self, config: SlowFastConfig = SlowFastConfig(), input_size: InputSize = InputSize()):
         super().__init__(config, input_size)
         c, beta_inv, alpha = config.width, config.beta_inv, config.alpha
+        if input_size.frames % alpha:
+            raise ParamsError(f"models.slowfast.alpha={alpha} is not allowed: it must divide the data's "
+                              f"{input_size.frames} frames")
         self.alpha = alpha
         slow_widths = [c, 4 * c, 8 * c, 16 * c, 32 * c]  # stem, res2..res5
         fast_widths = [w // beta_inv for w in slow_widths]
@@ -108,9 +119,6 @@ class SlowFast(FeatureExtractor):
         self.use_channels_last()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[2]
-        if T % self.alpha:
-            raise ValueError(f"slowfast needs a frame count divisible by alpha={self.alpha}, got {T}")
         slow = self.slow_stem(x[:, :, :: self.alpha])  # (B, C, T/alpha, H/4, W/4)
         fast = self.fast_stem(x)  # (B, C/beta_inv, T, H/4, W/4)
         for i, (slow_stage, fast_stage) in enumerate(zip(self.slow_stages, self.fast_stages)):

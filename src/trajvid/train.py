@@ -17,6 +17,7 @@ killed at any point and resumed ends with the same weights and metrics as one ne
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from trajvid import checkpoint
 from trajvid.data import open_split, read_metadata
 from trajvid.devices import set_threads
+from trajvid.errors import TrajvidError
 from trajvid.metrics import SplitMetrics
 from trajvid.model_files import input_size_from_shape, write_model
 from trajvid.models import MultiTaskModel, backbone_config, backbone_sizes, build_model, count_parameters, multitask_loss
@@ -40,8 +42,8 @@ from trajvid.params import Params, TrainParams
 TRACKED_WITH_DVCLIVE = "dvclive"
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingDiverged(TrajvidError):
+    exit_code = 1  # the run itself failed, not its input
 
 
 def fingerprint(params: Params, sizes: dict, data_dir: Path) -> str:
@@ -166,17 +168,29 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
 
 
 def resume(run: Run) -> None:
-    """Continue from the latest checkpoint of this configuration, after removing foreign ones."""
+    """Continue from the latest checkpoint of this configuration that restores whole, after
+    removing foreign ones; a damaged checkpoint is skipped with a warning for the one before it."""
     accelerator = run.accelerator
     if accelerator.is_main_process:
-        for name in checkpoint.remove_foreign(run.checkpoints, run.config_id):
-            accelerator.print(f"removed checkpoint {name}: it belongs to another configuration")
+        for message in checkpoint.remove_foreign(run.checkpoints, run.config_id):
+            accelerator.print(message)
     accelerator.wait_for_everyone()
-    latest = checkpoint.find_latest(run.checkpoints, run.config_id)
-    if latest is not None:
-        state = checkpoint.load(latest, run.unwrapped, run.optimizer, run.scheduler)
+    fresh = copy.deepcopy((run.unwrapped.state_dict(), run.optimizer.state_dict(), run.scheduler.state_dict(),
+                           torch.get_rng_state()))
+    for path in checkpoint.candidates(run.checkpoints, run.config_id):
+        try:
+            state = checkpoint.load(path, run.unwrapped, run.optimizer, run.scheduler)
+        except checkpoint.CheckpointError as error:
+            accelerator.print(f"warning: skipping {error}")
+            model_state, optimizer_state, scheduler_state, rng = copy.deepcopy(fresh)  # undo a partial restore
+            run.unwrapped.load_state_dict(model_state)
+            run.optimizer.load_state_dict(optimizer_state)
+            run.scheduler.load_state_dict(scheduler_state)
+            torch.set_rng_state(rng)
+            continue
         run.start_epoch, run.history, run.best = state["epoch"], state["history"], state["best"]
-        accelerator.print(f"resuming from {latest} (epoch {run.start_epoch} of {run.cfg.epochs})")
+        accelerator.print(f"resuming from {path} (epoch {run.start_epoch} of {run.cfg.epochs})")
+        return
 
 
 def train_one_epoch(run: Run, epoch: int, bar: tqdm) -> dict:

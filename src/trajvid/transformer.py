@@ -30,6 +30,7 @@ from torch import nn
 
 from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
 from trajvid.layers import TokenEncoder, init_weights
+from trajvid.params import ParamsError, check_choice, check_positive
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ class TransformerConfig(BackboneConfig):
     attention: str = "joint"  # "joint" or "divided"
     pool: str = "cls"  # "cls" token or "mean" over tokens
     dropout: float = 0.0
+
+    def check(self, path: str) -> None:
+        super().check(path)
+        check_positive(self, path, "dim", "depth", "heads", "mlp_ratio", "tubelet")
+        if self.dim % self.heads:
+            raise ParamsError(f"{path}.dim={self.dim} is not allowed: must be divisible by heads={self.heads}")
+        check_choice(self, path, "attention", ("joint", "divided"))
+        check_choice(self, path, "pool", ("cls", "mean"))
 
 
 class TubeletEmbedding(nn.Module):
@@ -75,7 +84,8 @@ class VideoTransformer(FeatureExtractor):
         t, p, q = config.tubelet
         T, H, W = input_size.frames, input_size.height, input_size.width
         if T % t or H % p or W % q:
-            raise ValueError(f"tubelet {config.tubelet} must divide the input (frames, height, width) {(T, H, W)}")
+            raise ParamsError(f"models.transformer.tubelet={list(config.tubelet)} is not allowed: it must divide "
+                              f"the data's (frames, height, width) = {(T, H, W)}")
         grid = (T // t, (H // p) * (W // q))
         self.embed = TubeletEmbedding(self.in_channels, config.dim, config.tubelet)
         self.encoder = TokenEncoder(grid, config.dim, config.depth,

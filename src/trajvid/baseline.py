@@ -1,0 +1,151 @@
+"""The `baseline` stage: the classical yardstick every learned backbone is compared with.
+
+No learning, only geometry and the known cameras:
+1. the sphere's intensity-weighted centroid in every camera and frame (pixels);
+2. multi-view triangulation of each frame's four centroids with the camera matrices stored in
+   the dataset (linear least squares, the inhomogeneous DLT);
+3. one least-squares fit per motion model to the 32 triangulated positions at t = 0..31: a line,
+   a horizontal circle at constant angular speed, a helix (the circle plus a steady climb), a
+   vertical-plane parabola (horizontal motion linear in t, height quadratic);
+4. the class is the model with the lowest BIC (n log(RSS/n) + k log n, with a noise floor added
+   to RSS: the simpler model wins unless the extra parameter explains more than noise), and the
+   next position (t = 32) is that model extrapolated.
+
+It writes metrics/baseline.json with the keys of metrics/metrics.json (model, test, train) so that
+`dvc metrics show` / `diff` and reports put it beside the backbones, plus the copy-last-frame
+figure (predicting the last visible position) and the per-frame triangulation error.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trajvid.data import open_split, read_metadata
+from trajvid.files import write_json, writing
+from trajvid.metrics import SplitMetrics
+from trajvid.scene import BACKGROUND, CLASS_NAMES
+
+MODELS = CLASS_NAMES  # one motion model per class, in class-id order
+NUM_PARAMETERS = {"linear": 6, "circular": 6, "helical": 7, "parabolic": 7}
+# Residuals below this (world units, per coordinate) are measurement noise, not shape: without a
+# floor, exact data would let a bigger model win on float rounding alone. Triangulated centroids
+# are accurate to ~0.002, so 0.001 keeps every real difference between the models.
+NOISE_FLOOR = 1e-3
+
+
+def centroids(video: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centroids (camera, frame, 2) in pixel coordinates (pixel centres at
+    +0.5) of a stored video (camera, frame, height, width, channel) uint8."""
+    weight = np.clip(video.astype(np.float32) - BACKGROUND, 0, None).sum(-1)  # (V, T, H, W)
+    H, W = weight.shape[-2:]
+    total = weight.sum((-1, -2))
+    u = (weight.sum(-2) @ (np.arange(W) + 0.5)) / total
+    v = (weight.sum(-1) @ (np.arange(H) + 0.5)) / total
+    return np.stack([u, v], axis=-1)
+
+
+def projection_matrices(cameras: dict) -> np.ndarray:
+    """P = K [R | t] per camera: (V, 3, 4)."""
+    K, R, t = (np.asarray(cameras[k], dtype=np.float64) for k in ("K", "R", "t"))
+    return K @ np.concatenate([R, t[:, :, None]], axis=2)
+
+
+def triangulate(uv: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """World points (..., 3) from pixels (..., V, 2) seen by cameras P (V, 3, 4): for every camera,
+    u P3 - P1 and v P3 - P2 vanish on [X; 1]; solved in the least-squares sense."""
+    rows = np.concatenate([uv[..., 0:1, None] * P[:, 2:3] - P[:, 0:1],  # (..., V, 1, 4)
+                           uv[..., 1:2, None] * P[:, 2:3] - P[:, 1:2]], axis=-2)
+    rows = rows.reshape(*uv.shape[:-2], -1, 4)  # (..., 2V, 4)
+    A, b = rows[..., :3], -rows[..., 3]
+    normal = np.swapaxes(A, -1, -2) @ A
+    return np.linalg.solve(normal, (np.swapaxes(A, -1, -2) @ b[..., None]))[..., 0]
+
+
+def _polynomial(t: np.ndarray, y: np.ndarray, degree: int, t_next: float) -> tuple[np.ndarray, float]:
+    coefficients = np.polynomial.polynomial.polyfit(t, y, degree)
+    return np.polynomial.polynomial.polyval(t, coefficients), float(np.polynomial.polynomial.polyval(t_next, coefficients))
+
+
+def _circle(t: np.ndarray, xy: np.ndarray, t_next: float) -> tuple[np.ndarray, np.ndarray]:
+    """A horizontal circle at constant angular speed: fitted xy (T, 2) and the next xy (2,)."""
+    A = np.column_stack([2 * xy, np.ones(len(xy))])  # algebraic (Kasa) fit of the centre
+    cx, cy, c = np.linalg.lstsq(A, (xy**2).sum(1), rcond=None)[0]
+    centre = np.array([cx, cy])
+    offset = xy - centre
+    radius = np.sqrt(max(c + cx**2 + cy**2, 0.0))
+    angle = np.unwrap(np.arctan2(offset[:, 1], offset[:, 0]))
+    a, omega = np.polynomial.polynomial.polyfit(t, angle, 1)
+    fitted = centre + radius * np.stack([np.cos(a + omega * t), np.sin(a + omega * t)], axis=-1)
+    following = centre + radius * np.array([np.cos(a + omega * t_next), np.sin(a + omega * t_next)])
+    return fitted, following
+
+
+def fit_motions(points: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
+    """Each motion model fitted to points (T, 3) at t = 0..T-1: name -> (BIC, position at t = T)."""
+    T = len(points)
+    t = np.arange(T, dtype=np.float64)
+    results = {}
+    fits = {}
+    for name in MODELS:
+        if name in ("linear", "parabolic"):
+            columns = [_polynomial(t, points[:, i], 1 if (name == "linear" or i < 2) else 2, T) for i in range(3)]
+            fitted = np.stack([c[0] for c in columns], axis=1)
+            following = np.array([c[1] for c in columns])
+        else:
+            xy, xy_next = _circle(t, points[:, :2], T)
+            z, z_next = _polynomial(t, points[:, 2], 0 if name == "circular" else 1, T)
+            fitted = np.column_stack([xy, z])
+            following = np.array([*xy_next, z_next])
+        fits[name] = (fitted, following)
+    n = points.size
+    for name, (fitted, following) in fits.items():
+        rss = float(((fitted - points) ** 2).sum()) + n * NOISE_FLOOR**2
+        results[name] = (n * np.log(rss / n) + NUM_PARAMETERS[name] * np.log(n), following)
+    return results
+
+
+def run_baseline(data_dir: str | Path, split: str = "test", cameras: dict | None = None) -> dict:
+    """The baseline on one split: metrics in the metrics.json format plus its own figures.
+    `cameras` (K, R, t) default to the ones stored in the dataset."""
+    dataset = open_split(data_dir, split)
+    P = projection_matrices(cameras or read_metadata(data_dir)["cameras"])
+    metrics, copy_last = SplitMetrics(), SplitMetrics()
+    triangulation_sq, triangulated_frames = 0.0, 0
+    start = time.perf_counter()
+    for index in range(len(dataset)):
+        positions = dataset.positions[index]  # (T + 1, 3)
+        uv = centroids(dataset.video(index))  # (V, T, 2)
+        points = triangulate(np.swapaxes(uv, 0, 1), P)  # (T, 3)
+        triangulation_sq += float(((points - positions[:-1]) ** 2).sum())
+        triangulated_frames += len(points)
+        fits = fit_motions(points)
+        scores = torch.tensor([[-fits[name][0] for name in MODELS]])  # higher is better, as logits
+        best = MODELS[int(scores.argmax())]
+        label = torch.tensor([int(dataset.labels[index])])
+        target = torch.from_numpy(positions[-1:].astype(np.float32))
+        metrics.add(scores, label, torch.from_numpy(fits[best][1][None].astype(np.float32)), target)
+        copy_last.add(scores, label, torch.from_numpy(positions[-2:-1].astype(np.float32)), target)
+    seconds = time.perf_counter() - start
+    test, copied = metrics.result(), copy_last.result()
+    del test["losses"]
+    return {
+        "model": {"name": "baseline", "params": 0, "size_bytes": 0},
+        "test": test,
+        "train": {"time_s": seconds, "samples_per_s": len(dataset) / seconds, "epochs": 0, "device": "cpu",
+                  "processes": 1},
+        "copy_last": {k: copied[k] for k in ("position_mse", "position_rmse", "position_mean_distance",
+                                             "per_class_position_rmse")},
+        "triangulation": {"position_rmse": float(np.sqrt(triangulation_sq / (3 * triangulated_frames)))},
+        "split": split,
+    }
+
+
+def baseline(data_dir: str | Path = "data/trajectories", out: str | Path = "metrics/baseline.json") -> dict:
+    result = run_baseline(data_dir)
+    with writing("the baseline metrics", out):
+        write_json(out, result)
+    return result

@@ -1,0 +1,318 @@
+"""Damaged files, full disks and interrupted stages: one clear line, a non-zero exit, and nothing
+lost (issue: "Damaged files, full disks and interrupted stages fail in one clear line")."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from conftest import BIN, run, tiny_params, write_params
+from trajvid.data import DamagedDataError, open_split
+from trajvid.generate import generate
+from trajvid.params import DataParams, parse
+from trajvid.train import train
+
+
+def one_error_line(result, code: int, *needles: str) -> str:
+    """The command failed with `code` and printed exactly one line `error: ...` with `needles`."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def digest(path: Path) -> dict:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_dataset):
+    """A directory with tiny params and a copy of the tiny dataset at data/trajectories."""
+    write_params(tmp_path / "params.yaml", tiny_params(num_samples=200, epochs=1))
+    shutil.copytree(tiny_dataset, tmp_path / "data" / "trajectories")
+    return tmp_path
+
+
+def shard(root: Path, split: str = "train") -> Path:
+    return sorted((root / "data" / "trajectories" / "data").glob(f"{split}-*.arrow"))[0]
+
+
+def video_offset(path: Path, row: int) -> int:
+    """Where the compressed video of `row` starts inside the shard file."""
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    blob = table.column("video")[row].as_py()
+    return path.read_bytes().index(blob[:64])
+
+
+# -- data integrity ---------------------------------------------------------------------------
+
+def test_zeroed_bytes_in_a_shard_stop_training_in_one_line(workdir):
+    path = shard(workdir)
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2
+    data[start : start + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    result = run(["trajvid", "train", "--no-progress", "--live", "none"], workdir, check=False)
+    one_error_line(result, 2, str(path.relative_to(workdir)), "damaged", "dvc checkout --force data/trajectories", "dvc pull")
+    assert not (workdir / "models").exists()
+
+
+def test_a_truncated_shard_stops_evaluation_in_one_line(workdir):
+    path = shard(workdir, "test")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    (workdir / "models").mkdir()
+    result = run(["trajvid", "evaluate"], workdir, check=False)
+    # the data is checked before the (missing) model is even looked at
+    one_error_line(result, 2, str(path.relative_to(workdir)), "dvc checkout --force data/trajectories")
+
+
+def test_a_sample_that_does_not_decode_names_its_shard_and_id(workdir):
+    path = shard(workdir)
+    split = open_split(workdir / "data" / "trajectories", "train")
+    row = 3
+    sample_id = int(split.sample_ids[row])
+    offset = video_offset(path, row)
+    data = bytearray(path.read_bytes())
+    data[offset + 200 : offset + 1200] = bytes(1000)  # inside that sample's zstd frame only
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedDataError, match="damaged"):  # the door check catches it first
+        open_split(workdir / "data" / "trajectories", "train")
+    unchecked = open_split(workdir / "data" / "trajectories", "train", verify=False)
+    unchecked[row + 1]  # other samples still decode
+    with pytest.raises(DamagedDataError, match=rf"sample {sample_id} of .*{path.name}.*dvc checkout"):
+        unchecked[row]
+
+
+def test_checking_the_shards_is_cheap(tiny_dataset):
+    start = time.perf_counter()
+    open_split(tiny_dataset, "train")
+    checked = time.perf_counter() - start
+    start = time.perf_counter()
+    open_split(tiny_dataset, "train", verify=False)
+    unchecked = time.perf_counter() - start
+    assert checked - unchecked < 0.5, (checked, unchecked)
+
+
+# -- model files ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset):
+    out = tmp_path_factory.mktemp("trained")
+    write_params(out / "params.yaml", tiny_params(num_samples=200, epochs=1))
+    train(parse(tiny_params(num_samples=200, epochs=1)), tiny_dataset, out / "models", live_dir=None, progress=False)
+    return out
+
+
+def damage_weights_header(models: Path) -> None:
+    path = models / "model.safetensors"
+    path.write_bytes(b"\xff" * 8 + path.read_bytes()[8:])  # a header length of 2^64 - 1
+
+
+def truncate_weights(models: Path) -> None:
+    path = models / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def drop_head_key(models: Path) -> None:
+    config = json.loads((models / "config.json").read_text())
+    del config["head"]
+    (models / "config.json").write_text(json.dumps(config))
+
+
+def unknown_backbone(models: Path) -> None:
+    config = json.loads((models / "config.json").read_text())
+    config["backbone"] = "resnet50"
+    (models / "config.json").write_text(json.dumps(config))
+
+
+def foreign_sizes(models: Path) -> None:
+    config = json.loads((models / "config.json").read_text())
+    config["sizes"]["width"] = 0.25  # the weights were trained at 0.125
+    (models / "config.json").write_text(json.dumps(config))
+
+
+def not_json(models: Path) -> None:
+    (models / "config.json").write_text('{"backbone": "i3d", ')
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (damage_weights_header, "model.safetensors is damaged"),
+    (truncate_weights, "model.safetensors is damaged"),
+    (drop_head_key, "config.json lacks the key 'head'"),
+    (unknown_backbone, "config.json names an unknown backbone 'resnet50'"),
+    (foreign_sizes, "model.safetensors does not fit the i3d model"),
+    (not_json, "config.json is not valid JSON"),
+])
+def test_a_damaged_or_foreign_model_file_is_one_line(trained, tiny_dataset, tmp_path, damage, needle):
+    shutil.copytree(trained / "models", tmp_path / "models")
+    shutil.copy(trained / "params.yaml", tmp_path / "params.yaml")
+    damage(tmp_path / "models")
+    result = run(["trajvid", "evaluate", "--data", str(tiny_dataset)], tmp_path, check=False)
+    one_error_line(result, 2, needle, "dvc checkout --force train", "dvc pull")
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tiny_dataset, tmp_path):
+    """Epochs 1 and 2 checkpointed, the run dies, epoch 2's weights are damaged: the rerun warns,
+    resumes from epoch 1 and ends exactly where an uninterrupted run ends."""
+    raw = tiny_params(num_samples=200, epochs=3)
+    params = parse(raw)
+    full = train(params, tiny_dataset, tmp_path / "full", live_dir=None, progress=False)
+    script = f"""
+import sys
+from trajvid import checkpoint
+from trajvid.params import parse
+from trajvid.train import train
+original = checkpoint.save
+def save(directory, epoch, *args, **kwargs):
+    path = original(directory, epoch, *args, **kwargs)
+    if epoch == 2:
+        sys.exit(9)  # the run dies right after its second checkpoint
+    return path
+checkpoint.save = save
+train(parse({raw!r}), {str(tiny_dataset)!r}, {str(tmp_path / "part")!r}, live_dir=None, progress=False)
+"""
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 9
+    damage_weights_header(tmp_path / "part" / "checkpoints" / "epoch-002")
+    write_params(tmp_path / "params.yaml", raw)
+    result = run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset),
+                  "--out", str(tmp_path / "part")], tmp_path)
+    output = result.stdout + result.stderr
+    assert "warning: skipping" in output and "epoch-002" in output
+    assert "resuming from" in output and "epoch-001" in output
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "part" / "config.json").read_text())["fingerprint"] == full["fingerprint"]
+
+
+# -- full disks -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real, small filesystem (tmpfs) mounted at tmp_path/disk; `resize(bytes)` grows it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def resize(size: int, first: bool = False) -> None:
+        options = f"size={size}" if first else f"remount,size={size}"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True,
+                       capture_output=True)
+
+    try:
+        resize(1_000_000, first=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as error:
+        pytest.skip(f"cannot mount a tmpfs here: {error}")
+    yield mount, resize
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_generate_onto_a_full_disk_keeps_the_previous_dataset(small_disk, tmp_path):
+    disk, _ = small_disk
+    out = disk / "trajectories"
+    generate(1, DataParams(num_samples=40, shard_size=64, workers=1), out, progress=False)  # ~0.3 MB
+    before = digest(out)
+    raw = tiny_params(num_samples=400)
+    write_params(tmp_path / "params.yaml", raw)
+    result = run(["trajvid", "generate", "--no-progress", "--out", str(out)], tmp_path, check=False)
+    line = one_error_line(result, 2, "no space left on the device while writing the dataset", str(out),
+                          "it needs about 3 MB", "free")
+    assert digest(out) == before  # the previous dataset is intact
+    assert sorted(p.name for p in disk.iterdir()) == ["trajectories"]  # no temporary left
+    assert "previous outputs are intact" in line
+
+
+def test_a_checkpoint_onto_a_full_disk_fails_in_one_line_and_the_next_run_resumes(small_disk, tmp_path, tiny_dataset):
+    disk, resize = small_disk
+    raw = tiny_params(num_samples=200, epochs=2)
+    write_params(tmp_path / "params.yaml", raw)
+    cmd = ["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset), "--out", str(disk / "models")]
+    result = run(cmd, tmp_path, check=False)
+    one_error_line(result, 2, "no space left on the device while writing checkpoint epoch-001",
+                   "it needs about", "free")
+    assert not any(p.name.startswith(".") for p in (disk / "models" / "checkpoints").iterdir())
+    resize(64_000_000)
+    result = run(cmd, tmp_path)
+    assert (disk / "models" / "model.safetensors").is_file()
+
+
+def test_evaluate_onto_a_full_disk_keeps_the_previous_metrics(small_disk, trained, tiny_dataset, tmp_path):
+    disk, _ = small_disk
+    metrics = disk / "metrics"
+    metrics.mkdir()
+    (metrics / "metrics.json").write_text('{"previous": true}\n')
+    (disk / "filler").write_bytes(bytes(disk.stat().st_size or 0))
+    with open(disk / "filler", "wb") as f:  # fill the disk
+        try:
+            while True:
+                f.write(bytes(65536))
+        except OSError:
+            pass
+    shutil.copy(trained / "params.yaml", tmp_path / "params.yaml")
+    result = run(["trajvid", "evaluate", "--data", str(tiny_dataset), "--model", str(trained / "models"),
+                  "--out", str(metrics)], tmp_path, check=False)
+    one_error_line(result, 2, "no space left on the device while writing the test metrics")
+    assert (metrics / "metrics.json").read_text() == '{"previous": true}\n'
+    assert sorted(p.name for p in metrics.iterdir()) == ["metrics.json"]
+
+
+# -- interrupts ----------------------------------------------------------------------------------
+
+def env_with_path() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_sigterm_during_generate_leaves_nothing_and_the_rerun_is_clean(tmp_path):
+    write_params(tmp_path / "params.yaml", tiny_params(num_samples=8000))
+    proc = subprocess.Popen(["trajvid", "generate", "--no-progress"], cwd=tmp_path, env=env_with_path(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "data").glob(".trajectories.tmp-*/data/*.arrow")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    one_error_line(result, 128 + signal.SIGTERM, "interrupted by SIGTERM while writing the dataset")
+    assert list((tmp_path / "data").iterdir()) == []  # no dataset, no temporary
+    write_params(tmp_path / "params.yaml", tiny_params(num_samples=40))
+    run(["trajvid", "generate", "--no-progress"], tmp_path)
+    assert open_split(tmp_path / "data" / "trajectories", "train")[0]["video"].shape == (4, 32, 3, 64, 64)
+
+
+def test_sigterm_while_a_checkpoint_is_written_keeps_the_last_complete_one(tmp_path, tiny_dataset):
+    raw = tiny_params(num_samples=200, epochs=3)
+    write_params(tmp_path / "params.yaml", raw)
+    # SIGTERM arrives in the middle of writing checkpoint epoch-002 (between its two files)
+    script = f"""
+import os, signal, sys
+from trajvid import checkpoint, cli
+original = checkpoint.save_file
+def save_file(tensors, path, *args, **kwargs):
+    original(tensors, path, *args, **kwargs)
+    if "epoch-002" in path and path.endswith("model.safetensors"):
+        os.kill(os.getpid(), signal.SIGTERM)
+checkpoint.save_file = save_file
+sys.argv = ["trajvid", "train", "--no-progress", "--live", "none", "--data", {str(tiny_dataset)!r}]
+cli.main()
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    one_error_line(result, 128 + signal.SIGTERM, "interrupted by SIGTERM while writing checkpoint epoch-002")
+    assert sorted(p.name for p in (tmp_path / "models" / "checkpoints").iterdir()) == ["epoch-001"]
+    resumed = run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)], tmp_path)
+    assert "resuming from models/checkpoints/epoch-001" in resumed.stdout + resumed.stderr
+    assert (tmp_path / "models" / "model.safetensors").is_file()
