@@ -1,8 +1,14 @@
-"""The full default run for several backbones: generate (if needed), train, evaluate, one table.
+"""The full default run for several backbones: generate (if needed), train, evaluate, one table
+with the classical baseline and copying the last position beside them.
 
     python bench/full_run.py                          # every backbone, one after the other
+    python bench/full_run.py --reduced                # the cheap ranking protocol (below)
     python bench/full_run.py --backbone i3d --set train.epochs=2 --set data.num_samples=2000
     python bench/full_run.py --parallel 4 --set train.num_workers=3   # share one GPU between four
+
+The reduced protocol (`--reduced`: 2,000 samples, 3 epochs, everything else default) ranks design
+choices in minutes per backbone on a 2-core CPU; its figures are not the full run's and are
+labelled so wherever they are reported.
 
 Uses params.yaml with `model` (and any --set KEY=VALUE) overridden, runs `python -m trajvid`
 for each stage in a work directory (default .fullrun/), and prints each backbone's test accuracy,
@@ -40,7 +46,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--workdir", default=".fullrun")
     parser.add_argument("--parallel", type=int, default=1, help="backbones trained at the same time")
+    parser.add_argument("--reduced", action="store_true", help="the ranking protocol: 2,000 samples, 3 epochs")
     args = parser.parse_args()
+    if args.reduced:
+        args.set = ["data.num_samples=2000", "train.epochs=3", *args.set]
 
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -92,7 +101,11 @@ def main() -> None:
         metrics = json.loads((work / f"metrics-{name}" / "metrics.json").read_text())
         metrics["train"]["wall_s"] = walls[name]
         rows.append(metrics)
-    (work / "summary.json").write_text(json.dumps(rows, indent=2))
+    baseline = json.loads(subprocess.run(
+        [sys.executable, "-c", "import json, sys; from trajvid.baseline import run_baseline; "
+         "print(json.dumps(run_baseline(sys.argv[1])))", str(data)],
+        check=True, env=env, capture_output=True, text=True).stdout)
+    (work / "summary.json").write_text(json.dumps({"params": args.set, "runs": rows, "baseline": baseline}, indent=2))
 
     print(f"{'backbone':<12} {'acc':>7} {'linear':>7} {'circ.':>7} {'helical':>7} {'parab.':>7} "
           f"{'rmse':>7} {'train s':>8} {'wall s':>7} {'samp/s':>7} {'params':>10}")
@@ -102,6 +115,11 @@ def main() -> None:
               f"{pc['helical']:>7.4f} {pc['parabolic']:>7.4f} {t['position_rmse']:>7.4f} "
               f"{m['train']['time_s']:>8.0f} {m['train']['wall_s']:>7.0f} {m['train']['samples_per_s']:>7.1f} "
               f"{m['model']['params']:>10,}")
+    t, pc = baseline["test"], baseline["test"]["per_class_accuracy"]
+    print(f"{'baseline':<12} {t['accuracy']:>7.4f} {pc['linear']:>7.4f} {pc['circular']:>7.4f} "
+          f"{pc['helical']:>7.4f} {pc['parabolic']:>7.4f} {t['position_rmse']:>7.4f}   (classical: triangulate and fit)")
+    print(f"{'copy-last':<12} {'':>39} {baseline['copy_last']['position_rmse']:>7.4f}   (the last visible position)")
+    print(f"params: {' '.join(args.set) or 'defaults'}; seed {base['seed']}")
 
 
 if __name__ == "__main__":

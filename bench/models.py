@@ -20,19 +20,20 @@ import sys
 import time
 
 
-def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads: int) -> dict:
+def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads: int, head: str) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     from trajvid.models import build_model, count_parameters, multitask_loss
+    from trajvid.params import HeadParams
 
     torch.manual_seed(0)
-    model = build_model(name).to(device)
+    model = build_model(name, HeadParams(type=head)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     videos = torch.randint(0, 256, (batch, 4, 32, 3, 64, 64), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 4, (batch,), device=device)
-    target = torch.randn(batch, 3, device=device)
+    positions = torch.rand(batch, 33, 3, device=device) * 2 - 1
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
 
     def sync():
@@ -41,8 +42,7 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
 
     def train_step():
         with autocast:
-            logits, position = model(videos, normalised=True)
-            loss, _ = multitask_loss(model, logits, position, labels, target, 1.0, 1.0)
+            loss, _ = multitask_loss(model, model(videos, full=True), labels, positions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -80,6 +80,7 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
         "peak_memory_mb": round(peak_mb),
         "device": device,
         "dtype": "bf16" if bf16 else "fp32",
+        "head": head,
         "batch": batch,
         "threads": torch.get_num_threads(),
     }
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--backbone", action="append", help="default: all four")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--head", default="keypoints", choices=["keypoints", "pooled"])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
@@ -98,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(measure(args.backbone[0], args.device, args.bf16, args.batch, args.steps, args.threads)))
+        print(json.dumps(measure(args.backbone[0], args.device, args.bf16, args.batch, args.steps, args.threads, args.head)))
         return
 
     from trajvid.registry import BACKBONES
@@ -111,6 +113,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", "--backbone", name, "--device", args.device]
         cmd += ["--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads)]
         cmd += ["--bf16"] if args.bf16 else []
+        cmd += ["--head", args.head]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
         row = json.loads(out.strip().splitlines()[-1])
         if args.json:
@@ -118,7 +121,8 @@ def main() -> None:
         else:
             print(
                 f"{name:<12} {row['params']:>10,} {row['train_samples_per_s']:>8} {row['infer_samples_per_s']:>8} "
-                f"{row['peak_memory_mb']:>8}  {row['device']} {row['dtype']} batch {row['batch']} threads {row['threads']}"
+                f"{row['peak_memory_mb']:>8}  {row['device']} {row['dtype']} batch {row['batch']} threads {row['threads']} "
+                f"head {row['head']}"
             )
 
 

@@ -27,12 +27,14 @@ class TinyConv(FeatureExtractor):
     def __init__(self, config: TinyConvConfig = TinyConvConfig(), input_size: InputSize = InputSize()):
         super().__init__(config, input_size)
         self.features = nn.Sequential(
-            ConvBNReLU(self.in_channels, config.width, (3, 4, 4), (2, 4, 4)),  # (B, w, T/2, H/4, W/4)
+            ConvBNReLU(self.in_channels, config.width, (3, 5, 5), (2, 4, 4)),  # (B, w, T/2, H/4, W/4)
             ConvBNReLU(config.width, 2 * config.width, (3, 3, 3), (2, 2, 2)),  # (B, 2w, T/4, H/8, W/8)
         )
         self.pool = nn.AdaptiveAvgPool3d((2, 4, 4))
         self.project = nn.Linear(2 * config.width * 32, config.feature_dim)
+        self.grid_channels, self.grid_stride = 2 * config.width, (4, 8, 8)  # what the keypoint head reads
         self.apply(init_weights)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.pool(self.features(x)).flatten(1))  # (B, feature_dim)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.features(x)  # (B, 2w, T/4, H/8, W/8)
+        return self.project(self.pool(grid).flatten(1)), grid  # (B, feature_dim), grid

@@ -6,10 +6,11 @@ import torch
 from conftest import TINY_MODELS
 from trajvid.data import open_split
 from trajvid.models import UnknownBackboneError, backbone_class, build_model, multitask_loss
-from trajvid.params import ParamsError
+from trajvid.params import HeadParams, ParamsError
 from trajvid.registry import BACKBONES
 
 NAMES = list(BACKBONES)  # the four of the study, plus the extra one conftest.py registers
+HEADS = HeadParams.TYPES
 STUDY_FEATURE_DIMS = {"i3d": 1024, "slowfast": 1024, "transformer": 512, "magvit": 1024}
 
 
@@ -25,9 +26,11 @@ def test_default_feature_dims_and_output_shapes(name):
     expected = STUDY_FEATURE_DIMS.get(name, backbone_class(name).Config().feature_dim)
     assert model.backbone.feature_dim == expected
     with torch.no_grad():
-        features = model.backbone(videos(2))
+        features, grid = model.backbone(videos(2))
         logits, position = model(videos(1))  # batch size 1 works
     assert features.shape == (2, expected)
+    st, sh, sw = model.backbone.grid_stride
+    assert grid.shape == (2, model.backbone.grid_channels, 32 // st, 64 // sh, 64 // sw)
     assert logits.shape == (1, 4) and position.shape == (1, 3)
 
 
@@ -35,16 +38,17 @@ def test_default_feature_dims_and_output_shapes(name):
 def test_feature_dim_is_honoured(name):
     model = build_model(name, feature_dim=96, **TINY_MODELS[name]).eval()
     with torch.no_grad():
-        assert model.backbone(videos(2)).shape == (2, 96)
+        assert model.backbone(videos(2))[0].shape == (2, 96)
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("name", NAMES)
-def test_every_parameter_gets_a_finite_nonzero_gradient(name):
+def test_every_parameter_gets_a_finite_nonzero_gradient(name, head):
     torch.manual_seed(0)
-    model = build_model(name, **TINY_MODELS[name]).train()
-    logits, position = model(videos(4), normalised=True)
+    model = build_model(name, HeadParams(type=head), **TINY_MODELS[name]).train()
+    out = model(videos(4), full=True)
     labels = torch.tensor([0, 1, 2, 3])
-    loss, parts = multitask_loss(model, logits, position, labels, torch.randn(4, 3), 1.0, 1.0)
+    loss, parts = multitask_loss(model, out, labels, torch.rand(4, 33, 3) - 0.5)
     loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
@@ -62,15 +66,15 @@ def test_overfits_a_tiny_fixed_batch(name, tiny_dataset):
     batch = [split[i] for i in range(8)]  # two samples of each class
     x = torch.stack([b["video"] for b in batch])
     labels = torch.stack([b["label"] for b in batch])
-    target = torch.stack([b["positions"][-1] for b in batch])
+    positions = torch.stack([b["positions"] for b in batch])
+    target = positions[:, -1]
     torch.manual_seed(0)
-    model = build_model(name, **TINY_MODELS[name]).train()
+    model = build_model(name, HeadParams(type="pooled"), **TINY_MODELS[name]).train()
     model.set_position_stats(target.mean(0), target.std(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     first = None
     for _ in range(60):
-        logits, position = model(x, normalised=True)
-        loss, parts = multitask_loss(model, logits, position, labels, target, 1.0, 1.0)
+        loss, parts = multitask_loss(model, model(x, full=True), labels, positions)
         # judged on the task losses, without the quantiser's terms (its entropy term can be < 0)
         task = (parts["cross_entropy"] + parts["position_mse_normalised"]).item()
         first = task if first is None else first
@@ -87,17 +91,17 @@ def test_eval_outputs_are_deterministic(name):
         torch.manual_seed(123)
         model = build_model(name, **TINY_MODELS[name]).eval()
         with torch.no_grad():
-            outputs.append(model(videos(2)))
+            outputs.append(model(videos(2)))  # the default head
     assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
     with torch.no_grad():  # and the same model gives the same output twice
         assert torch.equal(model(videos(2))[0], outputs[1][0])
 
 
-def test_positions_come_back_in_world_units():
-    model = build_model("i3d", **TINY_MODELS["i3d"]).eval()
+def test_pooled_positions_come_back_in_world_units():
+    model = build_model("i3d", HeadParams(type="pooled"), **TINY_MODELS["i3d"]).eval()
     model.set_position_stats(torch.tensor([1.0, -1.0, 0.5]), torch.tensor([0.5, 0.25, 2.0]))
     with torch.no_grad():
-        _, normalised = model(videos(2), normalised=True)
+        normalised = model.position_head(model.trunk(model.backbone(videos(2))[0])).view(2, 33, 3)[:, -1]
         _, world = model(videos(2))
     assert torch.allclose(world, normalised * torch.tensor([0.5, 0.25, 2.0]) + torch.tensor([1.0, -1.0, 0.5]))
 
@@ -109,11 +113,12 @@ def test_unknown_backbone_lists_the_valid_names():
         build_model("i3d", depth=3)
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("name", NAMES)
-def test_weight_decay_groups_by_name(name):
+def test_weight_decay_groups_by_name(name, head):
     """Decay exactly the weights of Linear and convolution layers; nothing else (defect 1 of the
     structure issue: `position_head.weight` was left undecayed and the CLS token decayed)."""
-    model = build_model(name, **TINY_MODELS[name])
+    model = build_model(name, HeadParams(type=head), **TINY_MODELS[name])
     decay, no_decay = model.parameter_groups(weight_decay=0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     ids = {id(p): n for n, p in model.named_parameters()}
@@ -125,8 +130,11 @@ def test_weight_decay_groups_by_name(name):
         owner, _, leaf = pname.rpartition(".")
         layer = isinstance(modules[owner], (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))
         assert (pname in decayed) == (layer and leaf == "weight"), pname
-    assert {"position_head.weight", "classifier.weight", "trunk.0.weight"} <= decayed
-    assert {"position_head.bias", "classifier.bias"} <= not_decayed
+    assert {"classifier.weight", "trunk.0.weight"} <= decayed and "classifier.bias" in not_decayed
+    if head == "pooled":
+        assert "position_head.weight" in decayed and "position_head.bias" in not_decayed
+    else:
+        assert "readout.cell.weight" in decayed and {"readout.cell.bias", "extrapolators"} <= not_decayed
     if name in ("transformer", "magvit"):
         encoder = "backbone.encoder" if name == "transformer" else "backbone.transformer"
         assert {f"{encoder}.cls", f"{encoder}.time_position", f"{encoder}.space_position"} <= not_decayed
@@ -134,7 +142,7 @@ def test_weight_decay_groups_by_name(name):
 
 
 def test_divided_attention_variant_runs():
-    model = build_model("transformer", attention="divided", **{k: v for k, v in TINY_MODELS["transformer"].items()})
+    model = build_model("transformer", attention="divided", **TINY_MODELS["transformer"])
     logits, position = model(videos(2))
     assert logits.shape == (2, 4) and position.shape == (2, 3)
 
@@ -154,3 +162,49 @@ def test_magvit_is_causal_in_time():
     # token time step k covers frames up to 4k+3 (two stride-2 causal downsamplings)
     assert torch.equal(ids_a[:, :6], ids_b[:, :6])
     assert not torch.equal(ids_a, ids_b)
+
+
+def test_triangulation_and_projection_invert_each_other():
+    from trajvid.models import default_cameras, project, projection_matrices, triangulate
+
+    P = projection_matrices(default_cameras(64))
+    points = torch.rand(2, 5, 3, dtype=torch.float64) * 3 - 1.5
+    pixels = project(points, P)  # (2, 4, 5, 2)
+    assert torch.allclose(triangulate(pixels.transpose(1, 2).double(), P), points, atol=1e-4)
+
+
+def test_the_extrapolators_start_exact_for_lines_and_parabolas():
+    from trajvid.models import polynomial_extrapolator
+
+    t = torch.arange(33, dtype=torch.float64)
+    for degree, curve in ((1, 0.3 + 0.02 * t), (2, 0.1 - 0.01 * t + 0.003 * t**2)):
+        weights = polynomial_extrapolator(32, degree, 32).double()
+        assert abs(float(weights @ curve[:32]) - float(curve[32])) < 1e-5
+
+
+def test_the_keypoint_head_overfits_a_few_real_samples_below_0_01(tiny_dataset):
+    """Four real samples, a narrow transformer, 300 steps with a decaying rate: the next-position
+    error (world units, per coordinate) must fall below 0.01, which only a readout that localises
+    the sphere in every view to a fraction of a pixel can reach (measured: 0.0015 at 300 steps,
+    keypoints 0.002 px off; without the decay it hovers around 0.015)."""
+    split = open_split(tiny_dataset, "train")
+    batch = [split[i] for i in range(4)]
+    x = torch.stack([b["video"] for b in batch])
+    labels = torch.stack([b["label"] for b in batch])
+    positions = torch.stack([b["positions"] for b in batch])
+    torch.manual_seed(0)
+    model = build_model("transformer", HeadParams(type="keypoints"), **TINY_MODELS["transformer"]).train()
+    model.set_position_stats(positions[:, -1].mean(0), positions[:, -1].std(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / 300)
+    for _ in range(300):
+        loss, _ = multitask_loss(model, model(x, full=True), labels, positions)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    with torch.no_grad():
+        _, predicted = model(x)
+    rmse = ((predicted - positions[:, -1]) ** 2).mean().sqrt().item()
+    assert rmse < 0.01, rmse

@@ -228,3 +228,18 @@ def test_push_and_pull_through_s3(baseline, tmp_path):
         assert (clone / "data" / "trajectories" / "README.md").is_file()
     finally:
         server.stop()
+
+
+def test_a_checkpoint_of_other_code_is_never_resumed(tmp_path):
+    """Persistent checkpoints survive `dvc repro`; after a change to the code the stage runs, the
+    rerun must start afresh rather than resume (and perhaps finish at once with the old weights)."""
+    repo = make_repo(tmp_path / "code", tiny_params(num_samples=40, epochs=1))
+    run(["trajvid", "generate", "--no-progress"], repo)
+    run(["trajvid", "train", "--no-progress", "--live", "none"], repo)
+    again = run(["trajvid", "train", "--no-progress", "--live", "none"], repo)
+    assert "resuming from models/checkpoints/epoch-001" in again.stdout + again.stderr  # same code: resumes
+    models = repo / "src" / "trajvid" / "models.py"
+    models.write_text(models.read_text() + "\n# a change\n")
+    changed = run(["trajvid", "train", "--no-progress", "--live", "none"], repo)
+    output = changed.stdout + changed.stderr
+    assert "resuming" not in output and "removed checkpoint epoch-001: it belongs to another configuration" in output

@@ -10,7 +10,7 @@ from conftest import TINY_MODELS, tiny_params
 from trajvid import checkpoint
 from trajvid.evaluate import evaluate
 from trajvid.model_files import load_trained
-from trajvid.models import build_model, multitask_loss
+from trajvid.models import LossWeights, build_model, multitask_loss
 from trajvid.params import parse
 from trajvid.train import TrainingDiverged, fingerprint, setup, train, validate
 
@@ -33,7 +33,7 @@ def test_weight_decay_is_really_applied():
     optimizer.step()
     assert all(torch.allclose(p, before[id(p)] * (1 - 0.01 * 0.1)) for p in decay["params"])
     assert all(torch.equal(p, before[id(p)]) for p in no_decay["params"])
-    assert any(p is model.position_head.weight for p in decay["params"])
+    assert any(p is model.readout.cell.weight for p in decay["params"])
 
 
 def test_training_uses_the_configured_weight_decay(tiny_dataset, tmp_path):
@@ -135,17 +135,19 @@ def test_validation_loss_is_the_training_loss(tiny_dataset, tmp_path):
     totals, count = {}, 0
     with torch.no_grad():
         for batch in run.val_loader:
-            logits, position = model(batch["video"], normalised=True)
-            loss, parts = multitask_loss(model, logits, position, batch["label"], batch["positions"][:, -1], 2.5, 1.0)
+            loss, parts = multitask_loss(model, model(batch["video"], full=True), batch["label"], batch["positions"],
+                                         LossWeights(position=2.5))
             for name, value in {"loss": loss, **parts}.items():
                 totals[name] = totals.get(name, 0.0) + value.item() * len(batch["label"])
             count += len(batch["label"])
-    assert set(result["losses"]) == {"loss", "cross_entropy", "position_mse_normalised", "lfq_entropy", "lfq_commitment"}
+    assert set(result["losses"]) == {"loss", "cross_entropy", "position_mse_normalised", "trajectory_mse_normalised",
+                                     "keypoint_distance_px", "lfq_entropy", "lfq_commitment"}
     for name, total in totals.items():
-        assert math.isclose(result["losses"][name], total / count, rel_tol=1e-6), name
+        assert math.isclose(result["losses"][name], total / count, rel_tol=1e-5), name
     losses = result["losses"]
     assert math.isclose(losses["loss"], losses["cross_entropy"] + 2.5 * losses["position_mse_normalised"]
-                        + losses["lfq_entropy"] + losses["lfq_commitment"], rel_tol=1e-6)
+                        + losses["trajectory_mse_normalised"] + losses["keypoint_distance_px"]
+                        + losses["lfq_entropy"] + losses["lfq_commitment"], rel_tol=1e-5)
     run.accelerator.end_training()
 
 
@@ -154,19 +156,19 @@ def test_dvclive_logs_every_loss_part_for_train_and_val(tiny_dataset, tmp_path):
           progress=False)
     logged = json.loads((tmp_path / "live" / "metrics.json").read_text())
     for split in ("train", "val"):
-        assert {"loss", "cross_entropy", "position_mse_normalised", "lfq_entropy", "lfq_commitment",
-                "accuracy", "position_rmse"} <= set(logged[split]), logged
+        assert {"loss", "cross_entropy", "position_mse_normalised", "trajectory_mse_normalised", "keypoint_distance_px",
+                "lfq_entropy", "lfq_commitment", "accuracy", "position_rmse"} <= set(logged[split]), logged
 
 
 def test_head_params_build_the_head_and_enter_the_fingerprint(tiny_dataset, tmp_path):
     raw = tiny_params(num_samples=200, epochs=1)
-    raw["head"] = {"hidden": 32, "dropout": 0.0}
+    raw["head"] = {"type": "pooled", "hidden": 32, "dropout": 0.0}
     params = parse(raw)
     config = train(params, tiny_dataset, tmp_path / "models", live_dir=None, progress=False)
-    assert config["head"] == {"hidden": 32, "dropout": 0.0}
+    assert config["head"] == {"type": "pooled", "hidden": 32, "dropout": 0.0}
     model, _ = load_trained(tmp_path / "models")
     assert model.trunk[0].out_features == 32 and model.position_head.in_features == 32
-    other = parse({**raw, "head": {"hidden": 64, "dropout": 0.0}})
+    other = parse({**raw, "head": {"type": "pooled", "hidden": 64, "dropout": 0.0}})
     assert fingerprint(params, config["sizes"], tiny_dataset) != fingerprint(other, config["sizes"], tiny_dataset)
 
 
@@ -178,3 +180,16 @@ def test_runtime_settings_stay_out_of_the_fingerprint(tiny_dataset):
     raw["train"]["learning_rate"] = 0.5
     c = parse(raw)
     assert fingerprint(a, {}, tiny_dataset) == fingerprint(b, {}, tiny_dataset) != fingerprint(c, {}, tiny_dataset)
+
+
+def test_a_backbones_own_learning_rate_and_warmup_reach_the_optimizer(tiny_dataset, tmp_path):
+    raw = tiny_params(num_samples=200, epochs=1, model="transformer")
+    raw["models"]["transformer"].update(learning_rate=0.00031, warmup_epochs=0.0)
+    run = setup(parse(raw), tiny_dataset, tmp_path / "models", live_dir=None)
+    assert {g["initial_lr"] for g in run.optimizer.param_groups} == {0.00031}
+    assert run.config["train"]["learning_rate"] == 0.00031 and run.config["train"]["warmup_epochs"] == 0.0
+    run.accelerator.end_training()
+    raw["models"]["transformer"].update(learning_rate=None, warmup_epochs=None)  # null: train.* apply
+    run = setup(parse(raw), tiny_dataset, tmp_path / "other", live_dir=None)
+    assert {g["initial_lr"] for g in run.optimizer.param_groups} == {raw["train"]["learning_rate"]}
+    run.accelerator.end_training()

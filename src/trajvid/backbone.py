@@ -8,9 +8,13 @@ A backbone is a `FeatureExtractor` subclass that declares, as class attributes,
   token grid). Every backbone receives the data's size (`InputSize`) from the dataset, never from
   params, so a size is never configured in one place and overwritten in another;
 - `channels_last`: whether it runs in channels-last memory layout;
-and implements `encode(x)`: the fused tensor (B, in_channels, T, H, W) -> (B, feature_dim). A
-backbone with training losses of its own stores them, by any names, in `self.aux_losses` during
-`forward`; the multi-task loss adds every one of them and training logs each by its name.
+and implements `encode(x)`: the fused tensor (B, in_channels, T, H, W) -> the pooled features
+(B, feature_dim) and a spatial grid (B, grid_channels, T / st, H / sh, W / sw), a feature map or
+token grid of its own that still knows where things are, whose stride (st, sh, sw) it states in
+`self.grid_stride` and whose channels in `self.grid_channels`. The keypoint head reads the grid
+(docs/design.md, "The head"). A backbone with training losses of its own stores them, by any
+names, in `self.aux_losses` during `forward`; the multi-task loss adds every one of them and
+training logs each by its name.
 
 Why the views are fused, the pixel normalisation and the coordinate channels are explained in
 docs/design.md ("Input"): in short, the four cameras are stacked as channels (one backbone pass,
@@ -38,10 +42,18 @@ PIXEL_SCALE = 64.0  # uint8 units per input unit: the sphere's brightest channel
 @dataclass(frozen=True)
 class BackboneConfig:
     feature_dim: int = 1024
+    # Training settings of this backbone, overriding train.learning_rate / train.warmup_epochs:
+    # recipes differ (attention models want smaller rates than BatchNorm CNNs at batch 16).
+    learning_rate: float | None = None
+    warmup_epochs: float | None = None
 
     def check(self, path: str) -> None:
         """Reject sizes that cannot build a network, naming the key (params.from_dict calls this)."""
         check_positive(self, path, "feature_dim")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ParamsError(f"{path}.learning_rate={self.learning_rate} is not allowed: must be > 0 (or null)")
+        if self.warmup_epochs is not None and not self.warmup_epochs >= 0:
+            raise ParamsError(f"{path}.warmup_epochs={self.warmup_epochs} is not allowed: must be >= 0 (or null)")
         if hasattr(self, "dropout") and not 0 <= self.dropout < 1:
             raise ParamsError(f"{path}.dropout={self.dropout} is not allowed: must be in [0, 1)")
 
@@ -86,7 +98,8 @@ def fuse_views(videos: torch.Tensor, coordinates: bool = True, channels_last: bo
 
 
 class FeatureExtractor(nn.Module):
-    """Base of the backbones: videos (B, cameras, T, 3, H, W) uint8 -> features (B, feature_dim)."""
+    """Base of the backbones: videos (B, cameras, T, 3, H, W) uint8 -> features (B, feature_dim) and
+    a spatial grid (B, grid_channels, T', H', W')."""
 
     Config: ClassVar[type] = BackboneConfig
     coordinates: ClassVar[bool] = True  # add the x, y, t coordinate channels to the input
@@ -102,8 +115,11 @@ class FeatureExtractor(nn.Module):
         self.feature_dim = config.feature_dim
         self.in_channels = fused_channels(input_size.cameras, 3, self.coordinates)
         self.aux_losses: dict[str, torch.Tensor] = {}
+        self.grid_channels: int = 0  # set by the subclass
+        self.grid_stride: tuple[int, int, int] = (1, 1, 1)  # (time, height, width) input units per grid cell
 
-    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+    def forward(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features (B, feature_dim) and the spatial grid (B, grid_channels, T', H', W')."""
         self.aux_losses = {}
         return self.encode(fuse_views(videos, self.coordinates, self.channels_last))
 
@@ -113,5 +129,5 @@ class FeatureExtractor(nn.Module):
             if isinstance(module, nn.Conv3d):
                 module.to(memory_format=torch.channels_last_3d)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

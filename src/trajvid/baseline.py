@@ -31,10 +31,12 @@ from trajvid.scene import BACKGROUND, CLASS_NAMES
 
 MODELS = CLASS_NAMES  # one motion model per class, in class-id order
 NUM_PARAMETERS = {"linear": 6, "circular": 6, "helical": 7, "parabolic": 7}
-# Residuals below this (world units, per coordinate) are measurement noise, not shape: without a
-# floor, exact data would let a bigger model win on float rounding alone. Triangulated centroids
-# are accurate to ~0.002, so 0.001 keeps every real difference between the models.
-NOISE_FLOOR = 1e-3
+# Residuals below this (world units, per coordinate) count as measurement noise, not shape:
+# triangulated centroids carry a small, smooth error (0.0016 RMSE on the default data), which a
+# model with one more parameter can partly fit. Chosen on the validation split of the default
+# dataset (seed 42): floors 0.001 / 0.002 / 0.003 / 0.005 / 0.01 gave accuracy 0.993 / 0.998 /
+# 0.999 / 1.000 / 1.000 at the same next-position RMSE (0.0006).
+NOISE_FLOOR = 0.005
 
 
 def centroids(video: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ Mixed_5c are scaled by `width` (the reference is width 1.0).
 Shapes for the default input (B, 15, 32, 64, 64):
   stem          (B,  16, 16, 16, 16)
   conv 2b, 2c   (B,  48, 16, 16, 16)
-  pool 1x3x3    (B,  48, 16,  8,  8)   Mixed_3b, 3c -> 120 channels
+  pool 1x3x3    (B,  48, 16,  8,  8)   Mixed_3b, 3c -> 120 channels: the grid (stride 2, 8, 8)
   pool 3x3x3/2  (B, 120,  8,  4,  4)   Mixed_4b..4f -> 208 channels
   pool 2x2x2/2  (B, 208,  4,  2,  2)   Mixed_5b -> 208, Mixed_5c -> 1024
   pool          (B, 1024)
@@ -106,6 +106,11 @@ class I3D(FeatureExtractor):
         channels = c_2c
         for name, widths in INCEPTION_WIDTHS.items():
             if name == "Mixed_4b":
+                # The grid the keypoint head reads: Mixed_3c's output. (Conv3d_2c's, at stride 4,
+                # was measured too: keypoints 2.0 px off against 0.9 px here after the reduced
+                # protocol's 3 epochs; a softmax over 256 cells learns more slowly than over 64.)
+                self.grid_channels = channels
+                self.early, layers = nn.Sequential(*layers), []
                 layers.append(nn.MaxPool3d(3, stride=2, padding=1))  # MaxPool3d_4a
             if name == "Mixed_5b":
                 layers.append(nn.MaxPool3d(2, stride=2))  # MaxPool3d_5a
@@ -120,12 +125,14 @@ class I3D(FeatureExtractor):
             block = InceptionBlock(channels, widths)
             layers.append(block)
             channels = block.out_channels
-        self.features = nn.Sequential(*layers)
+        self.late = nn.Sequential(*layers)  # MaxPool3d_4a .. Mixed_5c
+        self.grid_stride = (config.stem_stride[0], 2 * config.stem_stride[1], 2 * config.stem_stride[2])
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(config.dropout)
         self.apply(init_weights)
         self.use_channels_last()
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (B, feature_dim, T/8, H/32, W/32)
-        return self.dropout(self.pool(x).flatten(1))  # (B, feature_dim)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = self.early(x)  # (B, 120, T/2, H/8, W/8): Mixed_3c
+        x = self.late(grid)  # (B, feature_dim, T/8, H/32, W/32): Mixed_5c
+        return self.dropout(self.pool(x).flatten(1)), grid  # (B, feature_dim), grid

@@ -99,7 +99,7 @@ class Block(nn.Module):
 
 class TokenEncoder(nn.Module):
     """Positional embeddings (one per time index plus one per spatial index, as ViViT factorises
-    them), a stack of blocks and pooling: tokens (B, T, S, D) -> (B, D).
+    them), a stack of blocks and pooling: tokens (B, T, S, D) -> (B, D) and (B, T, S, D).
 
     `pool: cls` reads a learned CLS token, which can attend to the few tokens that see the sphere
     and carry their positional embeddings out; `pool: mean` averages all tokens.
@@ -123,7 +123,8 @@ class TokenEncoder(nn.Module):
         for p in (self.time_position, self.space_position, self.cls):
             nn.init.trunc_normal_(p, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled (B, D) and the contextual tokens (B, T, S, D)."""
         B, T, S, D = tokens.shape
         if (T, S) != self.grid:
             raise ValueError(f"built for a token grid {self.grid} (time, space), got {(T, S)}")
@@ -132,4 +133,4 @@ class TokenEncoder(nn.Module):
         for block in self.blocks:
             x, cls = block(x, cls)
         pooled = cls[:, 0] if cls.shape[1] else x.mean(dim=(1, 2))
-        return self.norm(pooled)  # (B, D)
+        return self.norm(pooled), x  # (B, D), (B, T, S, D)

@@ -14,7 +14,8 @@ Diffusion -- Tokenizer is Key", 2023; google-research/magvit, lucidrains/magvit2
 - a bidirectional transformer over the tokens (MAGVIT's masked-token model without masking),
   pooled by a CLS token and projected to `feature_dim`.
 Tokens enter the transformer through a linear map of their +-1 bits, which equals an embedding
-table of the 2^bits ids factorised per bit and keeps the straight-through gradient path.
+table of the 2^bits ids factorised per bit and keeps the straight-through gradient path; a linear
+map of the continuous latent is added to it (the token ids and the LFQ losses stay as they are).
 
 Changed for the CPU: a patchifying causal stem (kernel (3, 4, 4), stride (2, 4, 4)) instead of a
 full-resolution first conv, and narrow widths.
@@ -24,7 +25,8 @@ Shapes for the default input (B, 12, 32, 64, 64):
   level 1          (B, 16, 16, 16, 16) -> down (time and space) (B, 32, 8, 8, 8)
   level 2          (B, 32, 8, 8, 8)    -> down (space)          (B, 64, 8, 4, 4)
   level 3          (B, 64, 8, 4, 4)    -> latent (B, bits, 8, 4, 4) -> LFQ codes +-1
-  tokens           (B, 128, bits) -> (B, 128, dim) -> transformer -> CLS -> (B, feature_dim)
+  tokens           (B, 128, bits) -> (B, 128, dim) (+ the continuous latent) -> transformer -> CLS -> (B, feature_dim)
+  grid             the contextual tokens as a map (B, dim, 8, 4, 4), stride (4, 16, 16)
 """
 
 from __future__ import annotations
@@ -199,9 +201,14 @@ class MagVit(FeatureExtractor):
                               f"downsamples time by {2 * (1 + t1) * (1 + t2)}")
         grid_h, grid_w = input_size.height // 16, input_size.width // 16
         self.token_embed = nn.Linear(config.codebook_bits, config.dim)
+        # The continuous latent (before quantisation) enters beside the tokens: 10 sign bits per
+        # 16 x 16-pixel token cannot carry a sub-pixel position, the latent can.
+        self.latent_embed = nn.Linear(config.codebook_bits, config.dim)
         self.transformer = TokenEncoder((frames, grid_h * grid_w), config.dim, config.depth, config.heads,
                                         config.mlp_ratio, "joint", 0.0, config.pool)
         self.project = nn.Linear(config.dim, config.feature_dim)
+        self.grid_channels = config.dim
+        self.grid_stride = (input_size.frames // frames, 16, 16)
         self.apply(init_weights)
         self.last_token_ids: torch.Tensor | None = None
 
@@ -212,5 +219,7 @@ class MagVit(FeatureExtractor):
         quantised, ids, aux = self.quantizer(z)
         self.aux_losses = aux
         self.last_token_ids = ids.view(B, T, H, W).detach()
-        tokens = self.token_embed(quantised).view(B, T, H * W, -1)
-        return self.project(self.transformer(tokens))  # (B, feature_dim)
+        tokens = (self.token_embed(quantised) + self.latent_embed(z)).view(B, T, H * W, -1)
+        pooled, tokens = self.transformer(tokens)  # (B, dim), (B, T, H*W, dim)
+        grid = tokens.transpose(2, 3).reshape(B, T, -1, H, W).transpose(1, 2)  # (B, dim, T, H, W)
+        return self.project(pooled), grid

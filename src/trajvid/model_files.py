@@ -68,9 +68,10 @@ def load_trained(model_dir: str | Path) -> tuple[MultiTaskModel, dict]:
             config["backbone"],
             from_dict(HeadParams, config["head"], "head"),
             input_size_from_shape(config["input"]["video_shape_stored"]),
+            config["input"].get("cameras"),
             **config["sizes"],
         )
-    except (ParamsError, TypeError, ValueError) as error:
+    except (ParamsError, TypeError, ValueError, KeyError) as error:
         raise ModelFileError(f"{config_path} does not describe a model this code can build ({error}); {REMEDY}") from None
     try:
         state = load_file(str(weights_path))

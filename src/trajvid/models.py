@@ -1,20 +1,27 @@
 """The multi-task model every backbone feeds, its loss and its optimizer groups.
 
     videos (B, 4, 32, 3, 64, 64) uint8
-      -> backbone            (B, feature_dim)       the one named by params `model` (registry.py)
-      -> trunk               (B, head.hidden)       Linear -> GELU -> Dropout(head.dropout), shared
-      -> classifier          (B, 4)                 logits of linear / circular / helical / parabolic
-      -> position head       (B, 3)                 next-frame position, normalised; the forward
-                                                    pass returns it in world units
+      -> backbone                 pooled features (B, feature_dim) and a grid (B, C, T', H', W')
+      -> trunk on the pooled      (B, head.hidden)   Linear -> GELU -> Dropout(head.dropout)
+      -> classifier               (B, 4)             logits of linear / circular / helical / parabolic
+      -> the positions, by `head.type`:
+         keypoints (default): from the grid, per camera and frame, a soft-argmax keypoint over the
+             grid cells plus a sub-cell offset (B, 4 cameras, 32 frames, 2 pixels); triangulated
+             with the dataset's cameras into the 32 visible positions (B, 32, 3); extrapolated to
+             the next frame by one linear extrapolator per class, mixed by the class probabilities;
+         pooled: from the trunk, all 33 positions at once (B, 33, 3), normalised.
 
-The head and the loss are identical for every backbone, so the comparison is about backbones.
+The head and the loss are identical for every backbone, so the comparison is about backbones
+(docs/design.md, "The head and the loss").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,8 +30,9 @@ from trajvid.backbone import FeatureExtractor, InputSize
 from trajvid.layers import init_weights
 from trajvid.params import HeadParams, from_dict
 from trajvid.registry import BACKBONES
+from trajvid.scene import CLASS_NAMES, camera_matrices
 
-NUM_CLASSES = 4
+NUM_CLASSES = len(CLASS_NAMES)
 
 
 class UnknownBackboneError(ValueError):
@@ -44,16 +52,101 @@ def backbone_config(name: str, sizes: dict | None = None):
     return from_dict(backbone_class(name).Config, dict(sizes or {}), f"models.{name}")
 
 
+class Outputs(NamedTuple):
+    """Everything the head computes."""
+
+    logits: torch.Tensor  # (B, 4)
+    next_position: torch.Tensor  # (B, 3), world units
+    trajectory: torch.Tensor  # (B, T, 3) positions of the visible frames, world units
+    keypoints: torch.Tensor | None  # (B, cameras, T, 2) pixels (keypoints head only)
+
+
+def projection_matrices(cameras: dict) -> torch.Tensor:
+    """P = K [R | t] per camera (V, 3, 4), float64, from the dataset's camera metadata."""
+    K, R, t = (torch.as_tensor(np.asarray(cameras[k]), dtype=torch.float64) for k in ("K", "R", "t"))
+    return K @ torch.cat([R, t[:, :, None]], dim=2)
+
+
+def default_cameras(image_size: int) -> dict:
+    K, R, t = camera_matrices(image_size)
+    return {"K": K.tolist(), "R": R.tolist(), "t": t.tolist()}
+
+
+def triangulate(uv: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """World points (..., 3) from pixels (..., V, 2) in cameras P (V, 3, 4): the linear
+    least-squares (DLT) solution of u P3 - P1 = 0, v P3 - P2 = 0 on [X; 1], in float64."""
+    uv = uv.double()
+    rows = torch.cat([uv[..., 0:1, None] * P[:, 2:3] - P[:, 0:1], uv[..., 1:2, None] * P[:, 2:3] - P[:, 1:2]], dim=-2)
+    rows = rows.flatten(-3, -2)  # (..., 2V, 4)
+    A, b = rows[..., :3], -rows[..., 3:]
+    At = A.transpose(-1, -2)
+    return torch.linalg.solve(At @ A, At @ b)[..., 0]
+
+
+def polynomial_extrapolator(num_frames: int, degree: int, window: int) -> torch.Tensor:
+    """Weights w (num_frames,) with next = sum_k w_k p_k: a least-squares polynomial of `degree`
+    through the last `window` frames, evaluated one frame later."""
+    t = np.arange(num_frames - window, num_frames, dtype=np.float64)
+    weights = np.zeros(num_frames)
+    weights[-window:] = np.vander([float(num_frames)], degree + 1) @ np.linalg.pinv(np.vander(t, degree + 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# Per class (in class-id order), the extrapolator a keypoints head starts from: exact for the
+# line (degree 1) and the parabola (degree 2, height quadratic in t) with the most frames to
+# average noise over; for circle and helix a degree-4 fit of the last 12 frames (bias 0.0014 world
+# units on the default data, noise gain 2.6; measured with the true positions).
+EXTRAPOLATORS = ((1, None), (4, 12), (4, 12), (2, None))
+
+
+class KeypointReadout(nn.Module):
+    """Grid (B, C, T', H', W') -> keypoints (B, V, T, 2) -> visible positions (B, T, 3)."""
+
+    def __init__(self, channels: int, stride: tuple[int, int, int], cameras: dict, num_cameras: int):
+        super().__init__()
+        self.stride, self.num_cameras = stride, num_cameras
+        # per grid cell: for each camera and each of the cell's stride[0] frames, a heat logit and a
+        # sub-cell offset (dx, dy) in cell units
+        self.cell = nn.Linear(channels, num_cameras * stride[0] * 3)
+        init_weights(self.cell)
+        self.register_buffer("projection", projection_matrices(cameras), persistent=False)
+
+    def forward(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, C, Tg, Hg, Wg = grid.shape
+        st, sh, sw = self.stride
+        out = self.cell(grid.permute(0, 2, 3, 4, 1).float())  # (B, T', H', W', V * st * 3)
+        out = out.view(B, Tg, Hg * Wg, self.num_cameras, st, 3).permute(0, 3, 1, 4, 2, 5)
+        out = out.reshape(B, self.num_cameras, Tg * st, Hg * Wg, 3)  # (B, V, T, cells, 3)
+        weight = out[..., 0].softmax(-1)  # where the sphere is, over the cells
+        rows, cols = torch.meshgrid(torch.arange(Hg, device=grid.device), torch.arange(Wg, device=grid.device),
+                                    indexing="ij")
+        u = ((cols.flatten() + 0.5 + out[..., 1]) * sw * weight).sum(-1)  # pixels
+        v = ((rows.flatten() + 0.5 + out[..., 2]) * sh * weight).sum(-1)
+        keypoints = torch.stack([u, v], dim=-1)  # (B, V, T, 2)
+        points = triangulate(keypoints.transpose(1, 2), self.projection).float()  # (B, T, 3)
+        return keypoints, points
+
+
 class MultiTaskModel(nn.Module):
-    def __init__(self, backbone: FeatureExtractor, head: HeadParams = HeadParams()):
+    def __init__(self, backbone: FeatureExtractor, head: HeadParams = HeadParams(), cameras: dict | None = None):
         super().__init__()
         self.backbone = backbone
+        self.head_type = head.type
+        size = backbone.input_size
+        self.num_frames = size.frames
         self.trunk = nn.Sequential(nn.Linear(backbone.feature_dim, head.hidden), nn.GELU(), nn.Dropout(head.dropout))
         self.classifier = nn.Linear(head.hidden, NUM_CLASSES)
-        self.position_head = nn.Linear(head.hidden, 3)
-        self.trunk.apply(init_weights)
-        init_weights(self.classifier)
-        init_weights(self.position_head)
+        if head.type == "pooled":
+            self.position_head = nn.Linear(head.hidden, 3 * (size.frames + 1))
+        else:
+            cameras = cameras or default_cameras(size.height)
+            self.readout = KeypointReadout(backbone.grid_channels, backbone.grid_stride, cameras, size.cameras)
+            self.extrapolators = nn.Parameter(torch.stack([
+                polynomial_extrapolator(size.frames, degree, min(window or size.frames, size.frames))
+                for degree, window in EXTRAPOLATORS]))  # (classes, T)
+        for module in (self.trunk, self.classifier, getattr(self, "position_head", None)):
+            if module is not None:
+                module.apply(init_weights)
         # Position normalisation, set from the train split before training and saved with the model.
         self.register_buffer("position_mean", torch.zeros(3))
         self.register_buffer("position_std", torch.ones(3))
@@ -62,14 +155,24 @@ class MultiTaskModel(nn.Module):
         self.position_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.position_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
 
-    def forward(self, videos: torch.Tensor, normalised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, 4) and the next-frame position (B, 3): in world units, or normalised for the loss."""
-        h = self.trunk(self.backbone(videos))
-        position = self.position_head(h)
-        return self.classifier(h), position if normalised else self.denormalise(position)
+    def forward(self, videos: torch.Tensor, full: bool = False):
+        """Logits (B, 4) and the next-frame position (B, 3) in world units; with `full`, every
+        output the loss needs (`Outputs`)."""
+        features, grid = self.backbone(videos)
+        h = self.trunk(features)
+        logits = self.classifier(h)
+        if self.head_type == "pooled":
+            positions = self.denormalise(self.position_head(h).view(len(h), -1, 3))  # (B, T + 1, 3)
+            out = Outputs(logits, positions[:, -1], positions[:, :-1], None)
+        else:
+            keypoints, trajectory = self.readout(grid)  # (B, V, T, 2), (B, T, 3)
+            candidates = torch.einsum("ct,btd->bcd", self.extrapolators, trajectory)  # one per class
+            next_position = torch.einsum("bc,bcd->bd", logits.float().softmax(-1), candidates)
+            out = Outputs(logits, next_position, trajectory, keypoints)
+        return out if full else (out.logits, out.next_position)
 
     def normalise(self, position: torch.Tensor) -> torch.Tensor:
-        return (position - self.position_mean) / self.position_std
+        return (position.float() - self.position_mean) / self.position_std
 
     def denormalise(self, position: torch.Tensor) -> torch.Tensor:
         return position.float() * self.position_std + self.position_mean
@@ -81,7 +184,7 @@ class MultiTaskModel(nn.Module):
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups (as nanoGPT's `configure_optimizers`): decay exactly the weight matrices and
         kernels of Linear and convolution layers; never biases, norms, positional embeddings, CLS
-        tokens or anything else. Every trainable parameter lands in exactly one group."""
+        tokens, extrapolators or anything else. Every trainable parameter lands in exactly one group."""
         decayed = set()
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -96,31 +199,56 @@ class MultiTaskModel(nn.Module):
         return torch.optim.AdamW(self.parameter_groups(weight_decay), lr=learning_rate)
 
 
-def multitask_loss(
-    model: MultiTaskModel,
-    logits: torch.Tensor,
-    position_normalised: torch.Tensor,
-    labels: torch.Tensor,
-    next_position: torch.Tensor,
-    position_weight: float,
-    aux_weight: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+class LossWeights(NamedTuple):
+    position: float = 1.0  # next position, MSE of the normalised coordinates
+    trajectory: float = 1.0  # the 32 visible positions, same units
+    keypoint: float = 1.0  # keypoints, mean distance in pixels (keypoints head)
+    aux: float = 1.0  # each of the backbone's own losses
+
+
+def multitask_loss(model: MultiTaskModel, out: Outputs, labels: torch.Tensor, positions: torch.Tensor,
+                   weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The one loss of training, validation and early stopping, and its parts:
-    cross-entropy + position_weight x MSE(normalised next position) + aux_weight x each backbone loss."""
-    ce = F.cross_entropy(logits.float(), labels)
-    mse = F.mse_loss(position_normalised.float(), model.normalise(next_position))
-    parts = {"cross_entropy": ce, "position_mse_normalised": mse}
-    total = ce + position_weight * mse
+    cross-entropy + w_position x MSE(next position) + w_trajectory x MSE(visible positions)
+    [+ w_keypoint x mean pixel distance(keypoints, the projected true positions)] + w_aux x each backbone loss.
+    `positions` are the sample's 33 true positions (B, T + 1, 3); position errors are taken on
+    coordinates normalised by the train split's mean and std of the next position."""
+    target = model.normalise(positions)
+    parts = {
+        "cross_entropy": F.cross_entropy(logits_float(out), labels),
+        "position_mse_normalised": F.mse_loss(model.normalise(out.next_position), target[:, -1]),
+        "trajectory_mse_normalised": F.mse_loss(model.normalise(out.trajectory), target[:, :-1]),
+    }
+    total = (parts["cross_entropy"] + weights.position * parts["position_mse_normalised"]
+             + weights.trajectory * parts["trajectory_mse_normalised"])
+    if out.keypoints is not None:
+        truth = project(positions[:, :-1], model.readout.projection)  # (B, V, T, 2)
+        # the mean distance in pixels, not a squared error: its gradient does not fade as the
+        # keypoints approach sub-pixel precision, which is what the triangulation needs
+        parts["keypoint_distance_px"] = (out.keypoints - truth).norm(dim=-1).mean()
+        total = total + weights.keypoint * parts["keypoint_distance_px"]
     for name, value in model.aux_losses.items():
         parts[name] = value
-        total = total + aux_weight * value
+        total = total + weights.aux * value
     return total, parts
 
 
+def logits_float(out: Outputs) -> torch.Tensor:
+    return out.logits.float()
+
+
+def project(points: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, V, T, 2) of world points (B, T, 3) in cameras P (V, 3, 4)."""
+    homogeneous = torch.cat([points.double(), torch.ones_like(points[..., :1], dtype=torch.float64)], dim=-1)
+    image = torch.einsum("vij,btj->bvti", P, homogeneous)
+    return (image[..., :2] / image[..., 2:]).float()
+
+
 def build_model(name: str, head: HeadParams = HeadParams(), input_size: InputSize = InputSize(),
-                **sizes) -> MultiTaskModel:
-    """The multi-task model on backbone `name`; keyword arguments override its models.<name> sizes."""
-    return MultiTaskModel(backbone_class(name)(backbone_config(name, sizes), input_size), head)
+                cameras: dict | None = None, **sizes) -> MultiTaskModel:
+    """The multi-task model on backbone `name`; keyword arguments override its models.<name> sizes.
+    `cameras` (K, R, t as stored in the dataset) default to the scene's cameras."""
+    return MultiTaskModel(backbone_class(name)(backbone_config(name, sizes), input_size), head, cameras)
 
 
 def backbone_sizes(model: MultiTaskModel) -> dict:

@@ -87,7 +87,9 @@ class TrainParams:
     checkpoint_interval: int = 2  # epochs
     early_stopping: bool = False
     patience: int = 3  # epochs without a better validation loss before early stopping
-    position_loss_weight: float = 1.0  # loss = cross-entropy + weight * MSE(normalised next position)
+    position_loss_weight: float = 1.0  # loss = cross-entropy + weight * MSE(normalised next position) + ...
+    trajectory_loss_weight: float = 1.0  # ... + weight * MSE(normalised positions of the 32 visible frames)
+    keypoint_loss_weight: float = 1.0  # ... + weight * mean distance of the keypoints in pixels [keypoints head]
     aux_loss_weight: float = 1.0  # weight of a backbone's own auxiliary loss (MagVIT's quantiser)
     warmup_epochs: float = 0.5  # linear learning-rate warm-up, then cosine decay to zero
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
@@ -103,7 +105,8 @@ class TrainParams:
             _positive(f"{path}.{name}", getattr(self, name))
         if not self.learning_rate > 0:
             raise ParamsError(f"{path}.learning_rate={self.learning_rate} is not allowed: must be > 0")
-        for name in ("weight_decay", "position_loss_weight", "aux_loss_weight", "warmup_epochs", "grad_clip"):
+        for name in ("weight_decay", "position_loss_weight", "trajectory_loss_weight", "keypoint_loss_weight",
+                     "aux_loss_weight", "warmup_epochs", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"{path}.{name}={getattr(self, name)} is not allowed: must be >= 0")
         if self.mixed_precision not in ("fp32", "bf16"):
@@ -117,10 +120,15 @@ class TrainParams:
 class HeadParams:
     """The multi-task head every backbone feeds (identical for all of them)."""
 
-    hidden: int = 256  # width of the shared trunk
-    dropout: float = 0.1  # dropout after the trunk, before the classifier and the position head
+    type: str = "keypoints"  # "keypoints": the geometric readout of the backbone's grid; "pooled": from the pooled features
+    hidden: int = 256  # width of the trunk on the pooled features (classifier; and positions for "pooled")
+    dropout: float = 0.0  # dropout after the trunk
+
+    TYPES: ClassVar[tuple[str, ...]] = ("keypoints", "pooled")
 
     def check(self, path: str) -> None:
+        if self.type not in self.TYPES:
+            raise ParamsError(f"{path}.type={self.type!r} is not allowed: use one of {', '.join(self.TYPES)}")
         _positive(f"{path}.hidden", self.hidden)
         if not 0 <= self.dropout < 1:
             raise ParamsError(f"{path}.dropout={self.dropout} is not allowed: must be in [0, 1)")

@@ -23,6 +23,7 @@ Shapes for the default input (B, 15, 32, 64, 64), alpha 4, beta 1/8:
   res4  slow (B, 512, 8, 4, 4)         fast (B, 64, 32, 4, 4)      + lateral 128
   res5  slow (B, 1024, 8, 2, 2)        fast (B, 128, 32, 2, 2)
   pooled, concatenated (B, 1152) -> projection (B, feature_dim)
+  grid: res3's slow (repeated alpha times in time) and fast features (B, 288, 32, 8, 8)
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ class SlowFast(FeatureExtractor):
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(config.dropout)
         self.project = nn.Linear(slow_widths[-1] + fast_widths[-1], config.feature_dim)
+        # The grid: both pathways after res3 (stride 8 in space), slow repeated to every frame.
+        self.grid_stage = 1
+        self.grid_channels = slow_widths[2] + fast_widths[2]
+        self.grid_stride = (1, 8, 8)
         self.apply(init_weights)
         self.use_channels_last()
 
@@ -124,5 +129,7 @@ class SlowFast(FeatureExtractor):
         for i, (slow_stage, fast_stage) in enumerate(zip(self.slow_stages, self.fast_stages)):
             slow = slow_stage(torch.cat([slow, self.laterals[i](fast)], dim=1))
             fast = fast_stage(fast)
+            if i == self.grid_stage:  # (B, 256 + 32, T, H/8, W/8)
+                grid = torch.cat([slow.repeat_interleave(self.alpha, dim=2), fast], dim=1)
         pooled = torch.cat([self.pool(slow).flatten(1), self.pool(fast).flatten(1)], dim=1)
-        return self.project(self.dropout(pooled))  # (B, feature_dim)
+        return self.project(self.dropout(pooled)), grid  # (B, feature_dim), grid

@@ -17,9 +17,11 @@ killed at any point and resumed ends with the same weights and metrics as one ne
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import time
@@ -36,14 +38,46 @@ from trajvid.devices import set_threads
 from trajvid.errors import TrajvidError
 from trajvid.metrics import SplitMetrics
 from trajvid.model_files import input_size_from_shape, write_model
-from trajvid.models import MultiTaskModel, backbone_config, backbone_sizes, build_model, count_parameters, multitask_loss
+from trajvid.models import (LossWeights, MultiTaskModel, Outputs, backbone_config, backbone_sizes, build_model,
+                            count_parameters, multitask_loss)
 from trajvid.params import Params, TrainParams
+from trajvid.registry import BACKBONES
 
 TRACKED_WITH_DVCLIVE = "dvclive"
 
 
 class TrainingDiverged(TrajvidError):
     exit_code = 1  # the run itself failed, not its input
+
+
+def code_version(backbone: str) -> str:
+    """A hash of the code the training runs (train.py, what it imports, the backbone's module:
+    what dvc.yaml lists as the stage's deps): a checkpoint written by other code is never resumed,
+    even with the same params. Found statically, so every process gets the same answer."""
+    module, _, _ = BACKBONES[backbone].partition(":")
+    digest = hashlib.sha256()
+    for name in sorted(imported_closure([__name__, module])):
+        digest.update(name.encode() + b"\0" + Path(importlib.util.find_spec(name).origin).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def imported_closure(names: list[str]) -> set[str]:
+    """`names` and every trajvid module they import, transitively (read from their source)."""
+    seen: set[str] = set()
+    while names:
+        name = names.pop()
+        if name in seen or not name.startswith("trajvid."):
+            continue
+        seen.add(name)
+        tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "trajvid":
+                names += [f"trajvid.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.append(node.module)
+            elif isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+    return seen
 
 
 def fingerprint(params: Params, sizes: dict, data_dir: Path) -> str:
@@ -56,7 +90,7 @@ def fingerprint(params: Params, sizes: dict, data_dir: Path) -> str:
     }
     blob = json.dumps(
         {"seed": params.seed, "model": params.model, "sizes": sizes, "head": dataclasses.asdict(params.head),
-         "train": train, "data": data},
+         "train": train, "data": data, "code": code_version(params.model)},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -98,10 +132,11 @@ class Run:
     def cfg(self) -> TrainParams:
         return self.params.train
 
-    def loss(self, logits, position_norm, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        target = batch["positions"][:, -1]  # row 32: the next frame, never rendered
-        return multitask_loss(self.unwrapped, logits, position_norm, batch["label"], target,
-                              self.cfg.position_loss_weight, self.cfg.aux_loss_weight)
+    def loss(self, out: Outputs, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        weights = LossWeights(cfg.position_loss_weight, cfg.trajectory_loss_weight, cfg.keypoint_loss_weight,
+                              cfg.aux_loss_weight)
+        return multitask_loss(self.unwrapped, out, batch["label"], batch["positions"], weights)
 
 
 def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | None) -> Run:
@@ -109,7 +144,10 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
     cfg = params.train
-    backbone_config(params.model, params.backbone_sizes)  # a bad models.<name> key fails before any work
+    backbone = backbone_config(params.model, params.backbone_sizes)  # a bad models.<name> key fails before any work
+    # the backbone's own training settings, where its params block sets them
+    learning_rate = backbone.learning_rate or cfg.learning_rate
+    warmup_epochs = cfg.warmup_epochs if backbone.warmup_epochs is None else backbone.warmup_epochs
     threads = set_threads(cfg.threads)
     train_set = open_split(data_dir, "train")  # raises MissingDataError naming `dvc repro generate`
     val_set = open_split(data_dir, "validation")
@@ -122,7 +160,7 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=params.seed),
     )
     set_seed(params.seed)
-    model = build_model(params.model, params.head, input_size, **params.backbone_sizes)
+    model = build_model(params.model, params.head, input_size, data_meta["cameras"], **params.backbone_sizes)
     sizes = backbone_sizes(model)
     targets = torch.from_numpy(train_set.positions[:, -1].copy())
     model.set_position_stats(targets.mean(0), targets.std(0))
@@ -132,12 +170,12 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
     # Validation is sharded by hand (no padding: every sample counted once) and run unwrapped.
     shard = Subset(val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes))
     val_loader = DataLoader(shard, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    optimizer = model.configure_optimizer(cfg.learning_rate, cfg.weight_decay)
+    optimizer = model.configure_optimizer(learning_rate, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * accelerator.num_processes))
     # Accelerate steps a prepared scheduler once per process at every optimizer step.
     scheduler_steps = steps_per_epoch * accelerator.num_processes
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.epochs * scheduler_steps, max(1, round(cfg.warmup_epochs * scheduler_steps)))
+        optimizer, lr_lambda(cfg.epochs * scheduler_steps, max(1, round(warmup_epochs * scheduler_steps)))
     )
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     config_id = fingerprint(params, sizes, data_dir)
@@ -149,8 +187,9 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
             "backbone": params.model,
             "sizes": sizes,
             "head": dataclasses.asdict(params.head),
-            "input": {"video_shape_stored": data_meta["video_shape"], "class_names": data_meta["class_names"]},
-            "train": dataclasses.asdict(cfg),
+            "input": {"video_shape_stored": data_meta["video_shape"], "class_names": data_meta["class_names"],
+                      "cameras": data_meta["cameras"]},
+            "train": {**dataclasses.asdict(cfg), "learning_rate": learning_rate, "warmup_epochs": warmup_epochs},
             "seed": params.seed,
             "fingerprint": config_id,
         },
@@ -201,8 +240,8 @@ def train_one_epoch(run: Run, epoch: int, bar: tqdm) -> dict:
     metrics = SplitMetrics()
     for step, batch in enumerate(run.train_loader, start=1):
         with accelerator.autocast():
-            logits, position_norm = model(batch["video"], normalised=True)
-        loss, parts = run.loss(logits, position_norm, batch)
+            out = model(batch["video"], full=True)
+        loss, parts = run.loss(out, batch)
         if not torch.isfinite(loss):
             last = checkpoint.find_latest(run.checkpoints, run.config_id)
             raise TrainingDiverged(
@@ -215,8 +254,7 @@ def train_one_epoch(run: Run, epoch: int, bar: tqdm) -> dict:
             accelerator.clip_grad_norm_(model.parameters(), run.cfg.grad_clip)
         run.optimizer.step()
         run.scheduler.step()
-        position = run.unwrapped.denormalise(position_norm.detach())
-        metrics.add(logits, batch["label"], position, batch["positions"][:, -1], {"loss": loss, **parts})
+        metrics.add(out.logits, batch["label"], out.next_position, batch["positions"][:, -1], {"loss": loss, **parts})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     metrics.reduce_across(accelerator)
@@ -232,10 +270,9 @@ def validate(run: Run) -> dict:
     for batch in run.val_loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         with run.accelerator.autocast():
-            logits, position_norm = model(batch["video"], normalised=True)
-        loss, parts = run.loss(logits, position_norm, batch)
-        metrics.add(logits, batch["label"], model.denormalise(position_norm), batch["positions"][:, -1],
-                    {"loss": loss, **parts})
+            out = model(batch["video"], full=True)
+        loss, parts = run.loss(out, batch)
+        metrics.add(out.logits, batch["label"], out.next_position, batch["positions"][:, -1], {"loss": loss, **parts})
     metrics.reduce_across(run.accelerator)
     return metrics.result()
 

@@ -18,6 +18,7 @@ fused input.
 
 Shapes for the default input (B, 12, 32, 64, 64), dim 256:
   tubelets -> tokens (B, 8, 16, 256) = (B, 128 tokens, 256) -> blocks -> CLS (B, 256) -> (B, 512)
+  grid: the contextual tokens as a map (B, 256, 8, 4, 4), stride (4, 16, 16)
 """
 
 from __future__ import annotations
@@ -91,7 +92,12 @@ class VideoTransformer(FeatureExtractor):
         self.encoder = TokenEncoder(grid, config.dim, config.depth,
                                     config.heads, config.mlp_ratio, config.attention, config.dropout, config.pool)
         self.project = nn.Linear(config.dim, config.feature_dim)
+        self.grid_channels, self.grid_stride = config.dim, (t, p, q)
+        self.grid_hw = (H // p, W // q)
         self.apply(init_weights)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:  # the token encoder checks the grid
-        return self.project(self.encoder(self.embed(x)))  # tokens (B, T', H'*W', D) -> (B, feature_dim)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # the token encoder checks the grid
+        pooled, tokens = self.encoder(self.embed(x))  # tokens (B, T', H'*W', D)
+        B, T, _, D = tokens.shape
+        grid = tokens.transpose(2, 3).reshape(B, T, D, *self.grid_hw).transpose(1, 2)  # (B, D, T', H', W')
+        return self.project(pooled), grid
