@@ -4,10 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import run
 from trajvid import scene
-from trajvid.baseline import centroids, fit_motions, projection_matrices, run_baseline, triangulate
+from trajvid.baseline import centroids, fit_motions, run_baseline
+from trajvid.geometry import projection_matrices, triangulate
 from trajvid.data import open_split, read_metadata
 
 
@@ -16,7 +18,7 @@ def test_triangulation_recovers_points_from_exact_projections():
     P = projection_matrices({"K": K, "R": R, "t": t})
     points = np.random.default_rng(0).uniform(-1.5, 1.5, size=(50, 3))
     uv, _ = scene.project(points, K, R, t)  # (50, 4, 2)
-    assert np.abs(triangulate(uv, P) - points).max() < 1e-9
+    assert np.abs(triangulate(torch.from_numpy(uv), P).numpy() - points).max() < 1e-9
 
 
 def test_each_motion_model_extrapolates_its_own_class_exactly():
@@ -32,8 +34,8 @@ def test_each_motion_model_extrapolates_its_own_class_exactly():
 def test_centroids_triangulate_to_the_true_positions(tiny_dataset):
     split = open_split(tiny_dataset, "test")
     P = projection_matrices(read_metadata(tiny_dataset)["cameras"])
-    errors = [triangulate(np.swapaxes(centroids(split.video(i)), 0, 1), P) - split.positions[i, :32]
-              for i in range(len(split))]
+    errors = [triangulate(torch.from_numpy(np.swapaxes(centroids(split.video(i)), 0, 1)), P).numpy()
+              - split.positions[i, :32] for i in range(len(split))]
     assert np.sqrt(np.mean(np.square(errors))) < 0.005
 
 

@@ -165,7 +165,7 @@ def test_magvit_is_causal_in_time():
 
 
 def test_triangulation_and_projection_invert_each_other():
-    from trajvid.models import default_cameras, project, projection_matrices, triangulate
+    from trajvid.geometry import default_cameras, project, projection_matrices, triangulate
 
     P = projection_matrices(default_cameras(64))
     points = torch.rand(2, 5, 3, dtype=torch.float64) * 3 - 1.5

@@ -47,7 +47,8 @@ def set_path(raw: dict, path: tuple, value) -> None:
     node[path[-1]] = value
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same examples every time (a failure is reproducible, never flaky)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(path=st.sampled_from(PATHS), value=values, select=st.sampled_from(["i3d", "slowfast", "transformer", "magvit"]))
 def test_any_value_on_any_key_is_a_valid_config_or_a_params_error_naming_the_key(path, value, select):
     raw = copy.deepcopy(DEFAULTS)
@@ -63,7 +64,7 @@ def test_any_value_on_any_key_is_a_valid_config_or_a_params_error_naming_the_key
         assert "\n" not in message
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(path=st.sampled_from(PATHS),
        key=st.text(min_size=1, max_size=8), value=scalars)
 def test_an_unknown_key_anywhere_is_named(path, key, value):
@@ -97,3 +98,22 @@ def test_non_finite_numbers_are_rejected():
             assert "train.weight_decay" in str(error)
         else:
             raise AssertionError(f"weight_decay={value} was accepted")
+
+
+def test_odd_key_names_stay_on_one_line():
+    """Found by the property above: a key holding a newline split the error over two lines."""
+    for path in ("data", "models", "train"):
+        raw = copy.deepcopy(DEFAULTS)
+        raw[path] = {"\n": None}
+        try:
+            check(raw)
+        except ParamsError as error:
+            assert "\n" not in str(error) and path in str(error), str(error)
+        else:
+            raise AssertionError("accepted")
+    raw = copy.deepcopy(DEFAULTS)
+    raw["a\nb"] = 1
+    try:
+        check(raw)
+    except ParamsError as error:
+        assert "\n" not in str(error)

@@ -26,6 +26,7 @@ import torch
 
 from trajvid.data import open_split, read_metadata
 from trajvid.files import write_json, writing
+from trajvid.geometry import projection_matrices, triangulate
 from trajvid.metrics import SplitMetrics
 from trajvid.scene import BACKGROUND, CLASS_NAMES
 
@@ -48,23 +49,6 @@ def centroids(video: np.ndarray) -> np.ndarray:
     u = (weight.sum(-2) @ (np.arange(W) + 0.5)) / total
     v = (weight.sum(-1) @ (np.arange(H) + 0.5)) / total
     return np.stack([u, v], axis=-1)
-
-
-def projection_matrices(cameras: dict) -> np.ndarray:
-    """P = K [R | t] per camera: (V, 3, 4)."""
-    K, R, t = (np.asarray(cameras[k], dtype=np.float64) for k in ("K", "R", "t"))
-    return K @ np.concatenate([R, t[:, :, None]], axis=2)
-
-
-def triangulate(uv: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """World points (..., 3) from pixels (..., V, 2) seen by cameras P (V, 3, 4): for every camera,
-    u P3 - P1 and v P3 - P2 vanish on [X; 1]; solved in the least-squares sense."""
-    rows = np.concatenate([uv[..., 0:1, None] * P[:, 2:3] - P[:, 0:1],  # (..., V, 1, 4)
-                           uv[..., 1:2, None] * P[:, 2:3] - P[:, 1:2]], axis=-2)
-    rows = rows.reshape(*uv.shape[:-2], -1, 4)  # (..., 2V, 4)
-    A, b = rows[..., :3], -rows[..., 3]
-    normal = np.swapaxes(A, -1, -2) @ A
-    return np.linalg.solve(normal, (np.swapaxes(A, -1, -2) @ b[..., None]))[..., 0]
 
 
 def _polynomial(t: np.ndarray, y: np.ndarray, degree: int, t_next: float) -> tuple[np.ndarray, float]:
@@ -114,14 +98,14 @@ def run_baseline(data_dir: str | Path, split: str = "test", cameras: dict | None
     """The baseline on one split: metrics in the metrics.json format plus its own figures.
     `cameras` (K, R, t) default to the ones stored in the dataset."""
     dataset = open_split(data_dir, split)
-    P = projection_matrices(cameras or read_metadata(data_dir)["cameras"])
+    P = projection_matrices(cameras or read_metadata(data_dir)["cameras"])  # (V, 3, 4)
     metrics, copy_last = SplitMetrics(), SplitMetrics()
     triangulation_sq, triangulated_frames = 0.0, 0
     start = time.perf_counter()
     for index in range(len(dataset)):
         positions = dataset.positions[index]  # (T + 1, 3)
         uv = centroids(dataset.video(index))  # (V, T, 2)
-        points = triangulate(np.swapaxes(uv, 0, 1), P)  # (T, 3)
+        points = triangulate(torch.from_numpy(np.swapaxes(uv, 0, 1)), P).numpy()  # (T, 3)
         triangulation_sq += float(((points - positions[:-1]) ** 2).sum())
         triangulated_frames += len(points)
         fits = fit_motions(points)

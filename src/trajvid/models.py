@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from trajvid.backbone import FeatureExtractor, InputSize
+from trajvid.geometry import default_cameras, project, projection_matrices, triangulate
 from trajvid.layers import init_weights
 from trajvid.params import HeadParams, from_dict
 from trajvid.registry import BACKBONES
-from trajvid.scene import CLASS_NAMES, camera_matrices
+from trajvid.scene import CLASS_NAMES
 
 NUM_CLASSES = len(CLASS_NAMES)
 
@@ -59,28 +60,6 @@ class Outputs(NamedTuple):
     next_position: torch.Tensor  # (B, 3), world units
     trajectory: torch.Tensor  # (B, T, 3) positions of the visible frames, world units
     keypoints: torch.Tensor | None  # (B, cameras, T, 2) pixels (keypoints head only)
-
-
-def projection_matrices(cameras: dict) -> torch.Tensor:
-    """P = K [R | t] per camera (V, 3, 4), float64, from the dataset's camera metadata."""
-    K, R, t = (torch.as_tensor(np.asarray(cameras[k]), dtype=torch.float64) for k in ("K", "R", "t"))
-    return K @ torch.cat([R, t[:, :, None]], dim=2)
-
-
-def default_cameras(image_size: int) -> dict:
-    K, R, t = camera_matrices(image_size)
-    return {"K": K.tolist(), "R": R.tolist(), "t": t.tolist()}
-
-
-def triangulate(uv: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
-    """World points (..., 3) from pixels (..., V, 2) in cameras P (V, 3, 4): the linear
-    least-squares (DLT) solution of u P3 - P1 = 0, v P3 - P2 = 0 on [X; 1], in float64."""
-    uv = uv.double()
-    rows = torch.cat([uv[..., 0:1, None] * P[:, 2:3] - P[:, 0:1], uv[..., 1:2, None] * P[:, 2:3] - P[:, 1:2]], dim=-2)
-    rows = rows.flatten(-3, -2)  # (..., 2V, 4)
-    A, b = rows[..., :3], -rows[..., 3:]
-    At = A.transpose(-1, -2)
-    return torch.linalg.solve(At @ A, At @ b)[..., 0]
 
 
 def polynomial_extrapolator(num_frames: int, degree: int, window: int) -> torch.Tensor:
@@ -215,7 +194,7 @@ def multitask_loss(model: MultiTaskModel, out: Outputs, labels: torch.Tensor, po
     coordinates normalised by the train split's mean and std of the next position."""
     target = model.normalise(positions)
     parts = {
-        "cross_entropy": F.cross_entropy(logits_float(out), labels),
+        "cross_entropy": F.cross_entropy(out.logits.float(), labels),
         "position_mse_normalised": F.mse_loss(model.normalise(out.next_position), target[:, -1]),
         "trajectory_mse_normalised": F.mse_loss(model.normalise(out.trajectory), target[:, :-1]),
     }
@@ -231,17 +210,6 @@ def multitask_loss(model: MultiTaskModel, out: Outputs, labels: torch.Tensor, po
         parts[name] = value
         total = total + weights.aux * value
     return total, parts
-
-
-def logits_float(out: Outputs) -> torch.Tensor:
-    return out.logits.float()
-
-
-def project(points: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
-    """Pixels (B, V, T, 2) of world points (B, T, 3) in cameras P (V, 3, 4)."""
-    homogeneous = torch.cat([points.double(), torch.ones_like(points[..., :1], dtype=torch.float64)], dim=-1)
-    image = torch.einsum("vij,btj->bvti", P, homogeneous)
-    return (image[..., :2] / image[..., 2:]).float()
 
 
 def build_model(name: str, head: HeadParams = HeadParams(), input_size: InputSize = InputSize(),

@@ -215,7 +215,7 @@ def from_dict(cls, values: Any, path: str):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(map(str, set(values) - set(fields)))
     if unknown:
-        raise ParamsError(f"unknown key '{path}.{unknown[0]}'; allowed keys under '{path}': {', '.join(fields)}")
+        raise ParamsError(f"unknown key {path + '.' + unknown[0]!r}; allowed keys under '{path}': {', '.join(fields)}")
     kwargs = {name: _coerce(f"{path}.{name}", value, hints[name]) for name, value in values.items()}
     obj = cls(**kwargs)
     if hasattr(obj, "check"):
@@ -231,7 +231,7 @@ def parse(raw: Any) -> Params:
     top = {"seed", "data", "model", "models", "head", "train"}
     unknown = sorted(map(str, set(raw) - top))
     if unknown:
-        raise ParamsError(f"unknown key '{unknown[0]}' in params.yaml; allowed top-level keys: {', '.join(sorted(top))}")
+        raise ParamsError(f"unknown key {unknown[0]!r} in params.yaml; allowed top-level keys: {', '.join(sorted(top))}")
     model = raw.get("model", "i3d")
     if not isinstance(model, str) or model not in BACKBONES:
         raise ParamsError(f"model={model!r} is not allowed: valid backbones are {', '.join(BACKBONES)}")
@@ -240,7 +240,7 @@ def parse(raw: Any) -> Params:
         raise ParamsError(f"models={blocks!r} is not allowed: must map backbone names to their sizes")
     unknown = sorted(map(str, set(blocks) - set(BACKBONES)))
     if unknown:
-        raise ParamsError(f"unknown backbone 'models.{unknown[0]}'; valid backbones are {', '.join(BACKBONES)}")
+        raise ParamsError(f"unknown backbone {'models.' + unknown[0]!r}; valid backbones are {', '.join(BACKBONES)}")
     for name, block in blocks.items():
         if block is not None and not isinstance(block, dict):
             raise ParamsError(f"models.{name}={block!r} is not allowed: must be a mapping of size keys to values")
