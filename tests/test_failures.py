@@ -316,3 +316,27 @@ cli.main()
     resumed = run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)], tmp_path)
     assert "resuming from models/checkpoints/epoch-001" in resumed.stdout + resumed.stderr
     assert (tmp_path / "models" / "model.safetensors").is_file()
+
+
+def test_an_interrupted_directory_swap_puts_the_previous_output_back(tmp_path, monkeypatch):
+    """Between moving the old output aside and moving the new one in, a failure (a signal, a full
+    disk) must leave the old output where it was, not lose it."""
+    from trajvid import files
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "kept.txt").write_text("previous")
+    original = Path.rename
+
+    def rename(self, destination):
+        if self.name.startswith(".out.tmp-"):  # the new directory moving in
+            raise KeyboardInterrupt("simulated interrupt")
+        return original(self, destination)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        with files.atomic_directory(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+    monkeypatch.setattr(Path, "rename", original)
+    assert (target / "kept.txt").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -144,8 +144,9 @@ def remove_foreign(directory: Path, fingerprint: str) -> list[str]:
 def load(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
     """Restore model, optimizer, scheduler and RNG from checkpoint `path`; returns its state.
 
-    Every file is read and checked before anything is restored; a damaged one raises
-    CheckpointError (the caller then falls back to an older checkpoint)."""
+    Both files are read and the model's tensors checked before anything is restored; a damaged
+    checkpoint raises CheckpointError, possibly after a partial restore (the optimizer state is
+    only checked as it loads), so the caller undoes it and falls back to an older checkpoint."""
     state = read_state(path)
     try:
         weights = load_file(str(path / "model.safetensors"))

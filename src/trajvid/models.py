@@ -91,9 +91,15 @@ class KeypointReadout(nn.Module):
         self.register_buffer("projection", projection_matrices(cameras), persistent=False)
 
     def forward(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Always in float32 (float64 for the triangulation): bf16 spaces values near 64 px
+        # 0.25 px apart, which would defeat the sub-pixel keypoints.
+        with torch.autocast(device_type=grid.device.type, enabled=False):
+            return self._keypoints(grid.float())
+
+    def _keypoints(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, C, Tg, Hg, Wg = grid.shape
         st, sh, sw = self.stride
-        out = self.cell(grid.permute(0, 2, 3, 4, 1).float())  # (B, T', H', W', V * st * 3)
+        out = self.cell(grid.permute(0, 2, 3, 4, 1))  # (B, T', H', W', V * st * 3)
         out = out.view(B, Tg, Hg * Wg, self.num_cameras, st, 3).permute(0, 3, 1, 4, 2, 5)
         out = out.reshape(B, self.num_cameras, Tg * st, Hg * Wg, 3)  # (B, V, T, cells, 3)
         weight = out[..., 0].softmax(-1)  # where the sphere is, over the cells

@@ -80,7 +80,7 @@ def imported_closure(names: list[str]) -> set[str]:
     return seen
 
 
-def fingerprint(params: Params, sizes: dict, data_dir: Path) -> str:
+def fingerprint(params: Params, sizes: dict, data_dir: Path, processes: int = 1) -> str:
     """Identifies what a training computes: a checkpoint is only ever resumed by the same one."""
     train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in TrainParams.RUNTIME}
     shards = sorted((data_dir / "data").glob("*.arrow"))
@@ -90,7 +90,8 @@ def fingerprint(params: Params, sizes: dict, data_dir: Path) -> str:
     }
     blob = json.dumps(
         {"seed": params.seed, "model": params.model, "sizes": sizes, "head": dataclasses.asdict(params.head),
-         "train": train, "data": data, "code": code_version(params.model)},
+         "train": train, "data": data, "code": code_version(params.model),
+         "processes": processes},  # the global batch and the schedule's length depend on it
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -127,6 +128,7 @@ class Run:
     start_epoch: int = 0
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_loss": math.inf, "epoch": 0})
+    stopped_early: bool = False  # early stopping ended the run (a resumed run then trains no more)
 
     @property
     def cfg(self) -> TrainParams:
@@ -178,7 +180,7 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
         optimizer, lr_lambda(cfg.epochs * scheduler_steps, max(1, round(warmup_epochs * scheduler_steps)))
     )
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    config_id = fingerprint(params, sizes, data_dir)
+    config_id = fingerprint(params, sizes, data_dir, accelerator.num_processes)
     run = Run(
         params=params, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model),
         optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, val_loader=val_loader,
@@ -228,6 +230,7 @@ def resume(run: Run) -> None:
             torch.set_rng_state(rng)
             continue
         run.start_epoch, run.history, run.best = state["epoch"], state["history"], state["best"]
+        run.stopped_early = state.get("stopped_early", False)
         accelerator.print(f"resuming from {path} (epoch {run.start_epoch} of {run.cfg.epochs})")
         return
 
@@ -302,7 +305,8 @@ def end_epoch(run: Run, epoch: int, train_result: dict, val_result: dict, second
         stop = True
     if accelerator.is_main_process and (epoch % cfg.checkpoint_interval == 0 or epoch == cfg.epochs or stop):
         checkpoint.save(run.checkpoints, epoch, run.unwrapped, run.optimizer, run.scheduler,
-                        {"fingerprint": run.config_id, "history": run.history, "best": run.best})
+                        {"fingerprint": run.config_id, "history": run.history, "best": run.best,
+                         "stopped_early": stop})
     accelerator.wait_for_everyone()
     if stop:
         accelerator.print(f"early stopping: no better validation loss since epoch {run.best['epoch']}")
@@ -344,13 +348,12 @@ def train(params: Params, data_dir: str | Path = "data/trajectories", out_dir: s
     bar = tqdm(total=cfg.epochs * run.steps_per_epoch, initial=run.start_epoch * run.steps_per_epoch, unit="step",
                desc=f"train {params.model}", disable=not (progress and run.accelerator.is_local_main_process),
                dynamic_ncols=True)
-    stopped_early = False
     for epoch in range(run.start_epoch + 1, cfg.epochs + 1):
+        if run.stopped_early:
+            break
         start = time.perf_counter()
         train_result = train_one_epoch(run, epoch, bar)
         seconds = time.perf_counter() - start
-        if end_epoch(run, epoch, train_result, validate(run), seconds):
-            stopped_early = True
-            break
+        run.stopped_early = end_epoch(run, epoch, train_result, validate(run), seconds)
     bar.close()
-    return finish(run, out_dir, stopped_early)
+    return finish(run, out_dir, run.stopped_early)
