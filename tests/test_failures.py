@@ -340,3 +340,24 @@ def test_an_interrupted_directory_swap_puts_the_previous_output_back(tmp_path, m
     monkeypatch.setattr(Path, "rename", original)
     assert (target / "kept.txt").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_sigterm_to_the_whole_process_group_during_training_is_one_line(tmp_path, tiny_dataset):
+    """`kill -TERM -PGID` (what a job runner or a terminal sends) also ends the DataLoader workers,
+    and torch then raises its own error while the interrupt is handled: still one line."""
+    raw = tiny_params(num_samples=200, epochs=4)
+    raw["train"]["num_workers"] = 2
+    write_params(tmp_path / "params.yaml", raw)
+    proc = subprocess.Popen(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)],
+                            cwd=tmp_path, env=env_with_path(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "models" / "checkpoints" / "epoch-001"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into epoch 2, workers running
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    one_error_line(result, 128 + signal.SIGTERM, "interrupted by SIGTERM")
+    assert (first / "state.json").is_file()

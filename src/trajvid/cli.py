@@ -52,7 +52,12 @@ def stage(command):
             return command(*args, **kwargs)
         except TrajvidError as error:
             _fail(str(error), error.exit_code)
-        except (Interrupted, KeyboardInterrupt) as error:
+        except (Interrupted, KeyboardInterrupt, Exception) as raised:
+            # A signal sent to the whole process group also ends DataLoader workers, and torch
+            # then raises its own error while the interrupt is being handled: report the interrupt.
+            error = _interrupt_in(raised)
+            if error is None:
+                raise
             name = error.signal_name if isinstance(error, Interrupted) else "SIGINT"
             doing = getattr(error, "while_writing", None)
             where = f"while writing {doing}" if doing else f"during `trajvid {command.__name__}`"
@@ -63,6 +68,17 @@ def stage(command):
             signal.signal(signal.SIGTERM, previous)
 
     return run
+
+
+def _interrupt_in(error: BaseException | None) -> BaseException | None:
+    """The SIGTERM/SIGINT exception that `error` is, or arose while handling, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+            return error
+        seen.add(id(error))
+        error = error.__context__ or error.__cause__
+    return None
 
 
 def _load(path: Path):
