@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from trajvid.errors import TrajvidError
+from trajvid.errors import TrajvidError, first_line
 from trajvid.files import atomic_directory, is_temporary, writing
 from trajvid.model_files import contiguous_state
 
@@ -161,5 +161,5 @@ def load(path: Path, model: torch.nn.Module, optimizer, scheduler) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         restore_rng(tensors)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"{path} is damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        raise CheckpointError(f"{path} is damaged ({first_line(error)})") from None
     return state

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from trajvid.errors import TrajvidError
+from trajvid.errors import TrajvidError, first_line
 from trajvid.scene import CLASS_NAMES
 
 CODEC = "zstd"
@@ -176,7 +176,7 @@ class TrajectorySplit(torch.utils.data.Dataset):
                 with pa.memory_map(str(path)) as source:  # buffers stay valid after close: they map the file
                     tables.append(pa.ipc.open_stream(source).read_all())
             except (OSError, pa.ArrowException) as error:
-                raise DamagedDataError(f"{path} cannot be read ({_first_line(error)}); {RESTORE}") from None
+                raise DamagedDataError(f"{path} cannot be read ({first_line(error)}); {RESTORE}") from None
         table = pa.concat_tables(tables)
         self._row_files = np.repeat(np.arange(len(tables)), [len(t) for t in tables])  # row -> shard
         meta = json.loads((table.schema.metadata or {}).get(b"trajvid", b"{}"))
@@ -227,7 +227,7 @@ class TrajectorySplit(torch.utils.data.Dataset):
         except (OSError, pa.ArrowException) as error:
             shard = self.files[self._row_files[index]]
             raise DamagedDataError(
-                f"sample {int(self.sample_ids[index])} of {shard} does not decode ({_first_line(error)}); {RESTORE}"
+                f"sample {int(self.sample_ids[index])} of {shard} does not decode ({first_line(error)}); {RESTORE}"
             ) from None
         return np.frombuffer(raw, dtype=np.uint8).reshape(self.video_shape)
 
@@ -250,6 +250,3 @@ def open_split(root: str | Path, split: str, verify: bool = True) -> TrajectoryS
     With `verify` (the default) its shards are checked against the dataset's SHA256SUMS first."""
     return TrajectorySplit(root, split, verify)
 
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

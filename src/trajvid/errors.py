@@ -10,6 +10,11 @@ class TrajvidError(Exception):
     exit_code = 2
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to one line for an `error: ...` message (its type if empty)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class Interrupted(BaseException):
     """SIGTERM arrived (SIGINT arrives as KeyboardInterrupt). A BaseException, like
     KeyboardInterrupt, so that no `except Exception` swallows it and cleanup still runs."""

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trajvid.backbone import InputSize
-from trajvid.errors import TrajvidError
+from trajvid.errors import TrajvidError, first_line
 from trajvid.files import atomic_write, write_json, writing
 from trajvid.models import MultiTaskModel, build_model
 from trajvid.params import HeadParams, ParamsError, from_dict
@@ -76,7 +76,7 @@ def load_trained(model_dir: str | Path) -> tuple[MultiTaskModel, dict]:
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFileError(f"{weights_path} is damaged ({str(error).splitlines()[0]}); {REMEDY}") from None
+        raise ModelFileError(f"{weights_path} is damaged ({first_line(error)}); {REMEDY}") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -101,7 +101,7 @@ def read_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ModelFileError(f"{path} is not valid JSON ({str(error).splitlines()[0]}); {REMEDY}") from None
+        raise ModelFileError(f"{path} is not valid JSON ({first_line(error)}); {REMEDY}") from None
     if not isinstance(config, dict):
         raise ModelFileError(f"{path} is not a JSON object; {REMEDY}")
     for key in REQUIRED_KEYS:

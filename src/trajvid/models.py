@@ -118,7 +118,6 @@ class MultiTaskModel(nn.Module):
         self.backbone = backbone
         self.head_type = head.type
         size = backbone.input_size
-        self.num_frames = size.frames
         self.trunk = nn.Sequential(nn.Linear(backbone.feature_dim, head.hidden), nn.GELU(), nn.Dropout(head.dropout))
         self.classifier = nn.Linear(head.hidden, NUM_CLASSES)
         if head.type == "pooled":

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from trajvid.errors import TrajvidError
+from trajvid.errors import TrajvidError, first_line
 from trajvid.registry import BACKBONES
 
 
@@ -263,5 +263,5 @@ def load(path: str | Path = "params.yaml") -> Params:
         try:
             raw = yaml.safe_load(f)
         except yaml.YAMLError as error:
-            raise ParamsError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+            raise ParamsError(f"{path} is not valid YAML: {first_line(error)}") from None
     return parse(raw)
