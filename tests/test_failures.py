@@ -212,14 +212,14 @@ def small_disk(tmp_path):
     def resize(size: int, first: bool = False) -> None:
         options = f"size={size}" if first else f"remount,size={size}"
         subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True,
-                       capture_output=True)
+                       capture_output=True, timeout=30)
 
     try:
         resize(1_000_000, first=True)
-    except (subprocess.CalledProcessError, FileNotFoundError) as error:
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as error:
         pytest.skip(f"cannot mount a tmpfs here: {error}")
     yield mount, resize
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
 def test_generate_onto_a_full_disk_keeps_the_previous_dataset(small_disk, tmp_path):
@@ -292,6 +292,38 @@ def test_sigterm_during_generate_leaves_nothing_and_the_rerun_is_clean(tmp_path)
     write_params(tmp_path / "params.yaml", tiny_params(num_samples=40))
     run(["trajvid", "generate", "--no-progress"], tmp_path)
     assert open_split(tmp_path / "data" / "trajectories", "train")[0]["video"].shape == (4, 32, 3, 64, 64)
+
+
+def test_a_killed_generate_leaves_no_worker_behind(tmp_path):
+    """SIGKILL gives the parent no chance to clean up: its workers must still end by themselves
+    (their pipe closes), or they would render on for nothing and hold the caller's pipes open."""
+    write_params(tmp_path / "params.yaml", tiny_params(num_samples=8000))
+    proc = subprocess.Popen(["trajvid", "generate", "--no-progress"], cwd=tmp_path, env=env_with_path(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "data").glob(".trajectories.tmp-*/data/*.arrow")):
+        time.sleep(0.05)
+    proc.kill()
+    # stdout/stderr reach EOF only once every process holding them (the workers) has exited
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_generate_stopped_early_does_not_wait_for_its_workers(tmp_path):
+    """An error in the parent while workers are busy sending results: it stops at once (a
+    multiprocessing.Pool could wait for ever in `terminate` here; CI once hung that way)."""
+    from trajvid.generate import _Workers
+
+    data = DataParams(num_samples=400, workers=2)
+    tasks = [list(range(i, i + 32)) for i in range(0, 384, 32)]
+    started = time.monotonic()
+    with pytest.raises(OSError, match="disk full"):
+        with _Workers(2, (0, data.num_frames, data.image_size, 0.0)) as pool:
+            for _ in pool.map(tasks):
+                time.sleep(0.2)  # the workers run ahead and block sending their ~230 KB results
+                raise OSError("disk full")
+    assert time.monotonic() - started < 10
+    assert [p.is_alive() for p, _ in pool.workers] == [False, False]
 
 
 def test_sigterm_while_a_checkpoint_is_written_keeps_the_last_complete_one(tmp_path, tiny_dataset):

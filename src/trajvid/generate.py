@@ -12,6 +12,8 @@ import json
 import math
 import multiprocessing
 import signal
+import traceback
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,9 +25,9 @@ from trajvid import scene
 from trajvid.data import CHECKSUMS, SPLITS, arrow_schema, checksum_lines, compress_video, record_batch, shard_name
 from trajvid.devices import available_cores
 from trajvid.files import atomic_directory, writing
+from trajvid.params import DataParams, ParamsError
 
 BYTES_PER_SAMPLE = 7_400  # measured at 4 x 32 x 64 x 64 (the default); for the disk-space estimate
-from trajvid.params import DataParams, ParamsError
 
 CHUNK = 32  # samples rendered per task: 32 x 1.5 MB of frames per worker buffer
 SPLIT_STREAM = 0x5EED5  # distinguishes the split's random stream from every sample's
@@ -60,13 +62,6 @@ _renderer: scene.Renderer | None = None
 _settings: tuple[int, int, float] | None = None
 
 
-def _init_pool_worker(*args) -> None:
-    # A worker process leaves signals to the parent, which cleans up and terminates the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _init_worker(*args)
-
-
 def _init_worker(seed: int, num_frames: int, image_size: int, noise_std: float) -> None:
     global _renderer, _settings
     _renderer = scene.Renderer(CHUNK, num_frames, image_size)
@@ -81,6 +76,25 @@ def _render_chunk(sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     videos = [compress_video(frames[i]) for i in range(len(sample_ids))]
     _renderer.erase()
     return sample_ids, np.asarray(labels), positions, videos
+
+
+def _worker_main(conn, init_args: tuple, other_ends: list) -> None:
+    """A worker process: render the chunks its pipe brings until it brings None or closes."""
+    # Signals are the parent's business: it cleans up, then kills its workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for end in other_ends:  # the parent's ends of all pipes, inherited by fork: close them, so that
+        end.close()  # a parent that dies (even SIGKILLed) ends every worker through EOF
+    _init_worker(*init_args)
+    try:
+        while (task := conn.recv()) is not None:
+            try:
+                result = ("ok", _render_chunk(task))
+            except Exception:  # a bug: its traceback goes to the parent, which raises it
+                result = ("error", traceback.format_exc())
+            conn.send(result)
+    except (EOFError, BrokenPipeError):
+        pass  # the parent is gone
 
 
 # -- parent side --------------------------------------------------------------------------------
@@ -112,8 +126,8 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
         workers = data.workers or available_cores()
         init_args = (seed, data.num_frames, data.image_size, data.noise_std)
         bar = tqdm(total=data.num_samples, unit="sample", desc="generate", disable=not progress)
-        with _pool(workers, init_args) as imap:
-            results = imap(_render_chunk, tasks)
+        with _Workers(workers, init_args) as pool:
+            results = pool.map(tasks)
             for name, num_chunks in shards:
                 with pa.OSFile(str(tmp / name), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
                     for _ in range(num_chunks):
@@ -136,27 +150,68 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
     return summary
 
 
-class _pool:
-    """`imap` over a process pool, or in this process when one worker is asked for."""
+class _Workers:
+    """Worker processes, each with a pipe of its own; `map` gives results in task order.
 
-    def __init__(self, workers: int, init_args: tuple):
-        self.workers, self.init_args, self.pool = workers, init_args, None
+    Not `multiprocessing.Pool`: stopping a Pool early (`terminate`) goes through queue locks that
+    a worker writing a large result holds, and it can wait for ever; CI once hung that way on a
+    full disk. Here the parent kills its workers on any error, so stopping early cannot wait. Each
+    worker has at most AHEAD tasks queued and one result in its pipe: memory stays bounded however
+    slowly the parent writes.
+    """
 
-    def __enter__(self):
-        if self.workers == 1:
-            _init_worker(*self.init_args)
-            return lambda fn, items: map(fn, items)
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        self.pool = context.Pool(self.workers, initializer=_init_pool_worker, initargs=self.init_args)
-        return lambda fn, items: self.pool.imap(fn, items, chunksize=1)
+    AHEAD = 2
 
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            if exc[0] is not None:
-                self.pool.terminate()
+    def __init__(self, count: int, init_args: tuple):
+        self.count, self.init_args = count, init_args
+        self.workers: list[tuple[multiprocessing.Process, object]] = []
+
+    def __enter__(self) -> _Workers:
+        if self.count == 1:
+            _init_worker(*self.init_args)  # rendered in this process
+            return self
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        parent_ends = []
+        for _ in range(self.count):
+            parent_end, worker_end = context.Pipe()
+            parent_ends.append(parent_end)
+            process = context.Process(target=_worker_main, args=(worker_end, self.init_args, list(parent_ends)),
+                                      daemon=True, name="trajvid-generate")
+            process.start()
+            worker_end.close()
+            self.workers.append((process, parent_end))
+        return self
+
+    def map(self, tasks: list) -> Iterator[tuple]:
+        if not self.workers:
+            yield from map(_render_chunk, tasks)
+            return
+        n = len(self.workers)
+        for i in range(min(len(tasks), n * self.AHEAD)):  # task i goes to worker i % n
+            self.workers[i % n][1].send(tasks[i])
+        for i in range(len(tasks)):
+            process, conn = self.workers[i % n]
+            try:
+                kind, value = conn.recv()
+            except EOFError:
+                process.join(1)
+                raise RuntimeError(f"generate worker {process.pid} died (exit code {process.exitcode})") from None
+            if kind == "error":
+                raise RuntimeError(f"generate worker {process.pid} failed:\n{value}")
+            if i + n * self.AHEAD < len(tasks):
+                conn.send(tasks[i + n * self.AHEAD])
+            yield value
+
+    def __exit__(self, *exc) -> None:
+        for process, conn in self.workers:
+            if exc[0] is None:
+                conn.send(None)  # done: the worker leaves its loop and exits
             else:
-                self.pool.close()
-            self.pool.join()
+                process.kill()  # stopped early: nothing to wait for
+            conn.close()
+        for process, _ in self.workers:
+            process.join()
 
 
 def cameras_metadata(image_size: int) -> dict:
