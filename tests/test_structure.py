@@ -17,7 +17,9 @@ from trajvid.params import DataParams, TrainParams
 
 PACKAGE = ROOT / "src" / "trajvid"
 STAGE_MODULES = {"generate", "baseline", "train", "evaluate"}
-DISPATCH = {"trajvid", "trajvid.__main__", "trajvid.cli"}  # argument parsing only (docs/design.md)
+# Loaded by stages but not what they compute (docs/design.md, "Stage dependencies"): argument
+# parsing, the choice of which (identical) GPU runs a stage, the heartbeat `trajvid status` reads.
+DISPATCH = {"trajvid", "trajvid.__main__", "trajvid.cli", "trajvid.gpus", "trajvid.heartbeat"}
 
 
 def dvc_stages() -> dict:

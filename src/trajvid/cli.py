@@ -58,6 +58,7 @@ def stage(command):
             error = _interrupt_in(raised)
             if error is None:
                 raise
+            sys.unraisablehook = _quiet_about_killed_workers
             name = error.signal_name if isinstance(error, Interrupted) else "SIGINT"
             doing = getattr(error, "while_writing", None)
             where = f"while writing {doing}" if doing else f"during `trajvid {command.__name__}`"
@@ -70,6 +71,15 @@ def stage(command):
     return run
 
 
+def _quiet_about_killed_workers(unraisable) -> None:
+    """After an interrupt, torch's DataLoader may complain from a destructor that the same signal
+    killed its workers ("Exception ignored in ..."): that is the interrupt already reported."""
+    text = str(unraisable.exc_value)
+    if isinstance(unraisable.exc_value, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _interrupt_in(error: BaseException | None) -> BaseException | None:
     """The SIGTERM/SIGINT exception that `error` is, or arose while handling, if any."""
     seen = set()
@@ -79,6 +89,14 @@ def _interrupt_in(error: BaseException | None) -> BaseException | None:
         seen.add(id(error))
         error = error.__context__ or error.__cause__
     return None
+
+
+def _claim_gpu() -> None:
+    """A free GPU of its own for this run (a no-op without GPUs), before anything starts CUDA:
+    which GPU a run uses is decided here and is not a DVC param (see gpus.py)."""
+    from trajvid.gpus import claim
+
+    claim()
 
 
 def _load(path: Path):
@@ -113,10 +131,11 @@ def train(
     progress: bool | None = typer.Option(None, help="Show a progress bar with ETA [default: on a terminal]."),
 ) -> None:
     """Train params.model on the train split (stage `train`); resumes from a matching checkpoint."""
+    params = _load(params_file)
+    _claim_gpu()
     from trajvid.train import train as run
 
-    params = _load(params_file)
-    run(params, data, out, None if live == "none" else live, progress=_show_progress(progress))
+    run(params, data, out, None if live == "none" else live, progress=_show_progress(progress), status_dir=Path("."))
 
 
 @app.command()
@@ -128,9 +147,10 @@ def evaluate(
     params_file: Path = PARAMS,
 ) -> None:
     """Evaluate the trained model on the test split (stage `evaluate`)."""
+    params = _load(params_file)
+    _claim_gpu()
     from trajvid.evaluate import evaluate as run
 
-    params = _load(params_file)
     metrics = run(data, model, out, threads=params.train.threads, num_workers=params.train.num_workers)
     test = metrics["test"]
     typer.echo(
@@ -152,6 +172,37 @@ def baseline(
     test = result["test"]
     typer.echo(f"baseline: test accuracy {test['accuracy']:.4f}, next-position RMSE {test['position_rmse']:.4f} "
                f"(copying the last position: {result['copy_last']['position_rmse']:.4f})")
+
+
+@app.command()
+@stage
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON (for scripts)."),
+    repo: Path = typer.Option(Path("."), "--repo", help="The repository."),
+) -> None:
+    """The workspace's training and every queued, running, finished or failed DVC experiment."""
+    import json
+
+    from trajvid.status import collect, render
+
+    result = collect(repo)
+    typer.echo(json.dumps(result, indent=2) if as_json else render(result))
+
+
+@app.command()
+@stage
+def report(
+    revisions: list[str] = typer.Argument(None, help="Branches, tags, commits or experiment names [default: all "
+                                                       "branches and experiments with metrics]."),
+    out: Path = typer.Option(Path("reports"), help="Output directory."),
+    repo: Path = typer.Option(Path("."), "--repo", help="The repository."),
+) -> None:
+    """Tables and charts comparing the backbones: reports/comparison.{md,html} and PNG charts."""
+    from trajvid.report import report as run
+
+    result = run(repo, revisions or None, out)
+    typer.echo(f"wrote {result['out']}/comparison.md, comparison.html and {len(result['charts'])} charts "
+               f"({result['runs']} runs in {result['groups']} configurations)")
 
 
 def main() -> None:  # `python -m trajvid`

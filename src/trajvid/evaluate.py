@@ -50,11 +50,13 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
     result = {
         "model": {
             "name": config["backbone"],
+            "head": config["head"]["type"],
             "params": count_parameters(model),
             "size_bytes": (Path(model_dir) / WEIGHTS).stat().st_size,
         },
         "test": test,
         "train": {
+            "seed": config["seed"],
             "time_s": training["time_s"],
             "samples_per_s": training["samples_per_s"],
             "epochs": training["epochs"],

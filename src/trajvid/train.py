@@ -36,11 +36,12 @@ from trajvid import checkpoint
 from trajvid.data import open_split, read_metadata
 from trajvid.devices import set_threads
 from trajvid.errors import TrajvidError
+from trajvid.heartbeat import Heartbeat
 from trajvid.metrics import SplitMetrics
 from trajvid.model_files import input_size_from_shape, write_model
 from trajvid.models import (LossWeights, MultiTaskModel, Outputs, backbone_config, backbone_sizes, build_model,
                             count_parameters, multitask_loss)
-from trajvid.params import Params, TrainParams
+from trajvid.params import Params, ParamsError, TrainParams
 from trajvid.registry import BACKBONES
 
 TRACKED_WITH_DVCLIVE = "dvclive"
@@ -129,6 +130,7 @@ class Run:
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_loss": math.inf, "epoch": 0})
     stopped_early: bool = False  # early stopping ended the run (a resumed run then trains no more)
+    heartbeat: Heartbeat | None = None  # what `trajvid status` reads
 
     @property
     def cfg(self) -> TrainParams:
@@ -141,7 +143,8 @@ class Run:
         return multitask_loss(self.unwrapped, out, batch["label"], batch["positions"], weights)
 
 
-def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | None) -> Run:
+def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | None,
+          status_dir: Path | None = None) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
@@ -168,12 +171,18 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
     model.set_position_stats(targets.mean(0), targets.std(0))
     # Workers are not persistent: each epoch's iterator then draws its worker seed from the torch
     # RNG at the same point of an uninterrupted and of a resumed run, keeping them identical.
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers)
+    # train.batch_size is the batch of one optimizer step, whatever the number of processes: each
+    # process takes its share, so a run on 2 processes or GPUs optimises what a run on 1 does.
+    if cfg.batch_size % accelerator.num_processes:
+        raise ParamsError(f"train.batch_size={cfg.batch_size} cannot be shared by {accelerator.num_processes} "
+                          "processes; use a multiple of the number of processes")
+    per_process = cfg.batch_size // accelerator.num_processes
+    train_loader = DataLoader(train_set, batch_size=per_process, shuffle=True, num_workers=cfg.num_workers)
     # Validation is sharded by hand (no padding: every sample counted once) and run unwrapped.
     shard = Subset(val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes))
-    val_loader = DataLoader(shard, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    val_loader = DataLoader(shard, batch_size=per_process, num_workers=cfg.num_workers)
     optimizer = model.configure_optimizer(learning_rate, cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * accelerator.num_processes))
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     # Accelerate steps a prepared scheduler once per process at every optimizer step.
     scheduler_steps = steps_per_epoch * accelerator.num_processes
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -205,6 +214,12 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
         )
         for row in run.history:  # replay what the interrupted run had logged up to its checkpoint
             accelerator.log(row["metrics"], step=row["epoch"])
+    run.heartbeat = Heartbeat(
+        status_dir or ".", enabled=status_dir is not None and accelerator.is_main_process,
+        info={"backbone": params.model, "seed": params.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
+              "device": str(accelerator.device), "processes": accelerator.num_processes},
+        total_steps=cfg.epochs * steps_per_epoch, done_steps=run.start_epoch * steps_per_epoch,
+    )
     return run
 
 
@@ -245,10 +260,10 @@ def train_one_epoch(run: Run, epoch: int, bar: tqdm) -> dict:
         with accelerator.autocast():
             out = model(batch["video"], full=True)
         loss, parts = run.loss(out, batch)
-        if not torch.isfinite(loss):
+        if not all_finite(accelerator, loss):  # decided together: a process stopping alone hangs the others
             last = checkpoint.find_latest(run.checkpoints, run.config_id)
             raise TrainingDiverged(
-                f"loss is {loss.item()} at epoch {epoch}, step {step}; stopped. "
+                f"loss is {loss.item()} at epoch {epoch}, step {step} (in one of the processes); stopped. "
                 f"Last good checkpoint: {last or 'none'}. Try a lower train.learning_rate."
             )
         run.optimizer.zero_grad(set_to_none=True)
@@ -260,8 +275,17 @@ def train_one_epoch(run: Run, epoch: int, bar: tqdm) -> dict:
         metrics.add(out.logits, batch["label"], out.next_position, batch["positions"][:, -1], {"loss": loss, **parts})
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        run.heartbeat.step(epoch, (epoch - 1) * run.steps_per_epoch + step)
     metrics.reduce_across(accelerator)
     return metrics.result()
+
+
+def all_finite(accelerator, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite in every process (no communication with one process)."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, reduction="sum") / accelerator.num_processes
+    return bool(finite.item() == 1.0)
 
 
 @torch.no_grad()
@@ -307,6 +331,8 @@ def end_epoch(run: Run, epoch: int, train_result: dict, val_result: dict, second
         checkpoint.save(run.checkpoints, epoch, run.unwrapped, run.optimizer, run.scheduler,
                         {"fingerprint": run.config_id, "history": run.history, "best": run.best,
                          "stopped_early": stop})
+    run.heartbeat.epoch_end(epoch, {"accuracy": val_result["accuracy"], "position_rmse": val_result["position_rmse"],
+                                    "loss": metrics["val/loss"]})
     accelerator.wait_for_everyone()
     if stop:
         accelerator.print(f"early stopping: no better validation loss since epoch {run.best['epoch']}")
@@ -340,11 +366,23 @@ def finish(run: Run, out_dir: Path, stopped_early: bool) -> dict:
 
 
 def train(params: Params, data_dir: str | Path = "data/trajectories", out_dir: str | Path = "models",
-          live_dir: str | Path | None = "dvclive", progress: bool = True) -> dict:
-    """Train `params.model`; writes out_dir/{model.safetensors, config.json, checkpoints/}."""
+          live_dir: str | Path | None = "dvclive", progress: bool = True, status_dir: str | Path | None = None) -> dict:
+    """Train `params.model`; writes out_dir/{model.safetensors, config.json, checkpoints/}, and
+    status_dir/.trajvid/heartbeat.json for `trajvid status` when status_dir is given."""
     out_dir = Path(out_dir)
-    run = setup(params, Path(data_dir), out_dir, live_dir)
-    cfg = run.cfg
+    run = setup(params, Path(data_dir), out_dir, live_dir, None if status_dir is None else Path(status_dir))
+    try:
+        config = run_epochs(run, out_dir, progress)
+    except BaseException as error:
+        run.heartbeat.end(error)
+        raise
+    run.heartbeat.end()
+    return config
+
+
+def run_epochs(run: Run, out_dir: Path, progress: bool) -> dict:
+    """Train the remaining epochs, validating after each, then write the model files."""
+    params, cfg = run.params, run.cfg
     bar = tqdm(total=cfg.epochs * run.steps_per_epoch, initial=run.start_epoch * run.steps_per_epoch, unit="step",
                desc=f"train {params.model}", disable=not (progress and run.accelerator.is_local_main_process),
                dynamic_ncols=True)

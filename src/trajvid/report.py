@@ -1,0 +1,386 @@
+"""`trajvid report [REV ...]`: the comparison of backbones as tables and charts.
+
+Reads every given revision (default: every branch and every DVC experiment) straight from git,
+without checking anything out: `metrics/metrics.json` (the test figures), `params.yaml`,
+`models/config.json` is not needed (metrics.json names the model, its size and the training),
+and DVCLive's per-epoch logs for the learning curves. Runs of one configuration that differ only in
+their seed are aggregated as mean ± standard deviation with the count. The classical baseline
+(`metrics/baseline.json`) and copying the last visible position are drawn beside them.
+
+Writes reports/comparison.md, reports/comparison.html (self-contained: charts inlined as data
+URIs, no script or style from anywhere) and the charts as PNG files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from trajvid.errors import TrajvidError
+from trajvid.files import atomic_write, write_text
+
+CURVES = ("val/accuracy", "val/position_rmse")
+EXPERIMENT_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+")  # refs/exps/<baseline sha>/<name>
+CHARTS = ("accuracy_rmse", "per_class_accuracy", "learning_curves", "time_tradeoff", "size")
+
+
+class ReportError(TrajvidError):
+    """A revision that cannot be read, or nothing to report."""
+
+
+@dataclass
+class Run:
+    name: str  # the branch, tag or experiment name given or found
+    rev: str  # the commit
+    params: dict
+    metrics: dict
+    curves: dict = field(default_factory=dict)  # "val/accuracy" -> [(epoch, value)]
+
+    @property
+    def backbone(self) -> str:
+        return self.metrics.get("model", {}).get("name") or self.params.get("model", "?")
+
+    @property
+    def seed(self):
+        return self.metrics.get("train", {}).get("seed", self.params.get("seed"))
+
+    @property
+    def head(self) -> str:
+        return self.metrics.get("model", {}).get("head") or (self.params.get("head") or {}).get("type", "-")
+
+    @property
+    def config_key(self) -> str:
+        """Everything that defines the run but its seed: runs with the same key are repeats."""
+        without_seed = {k: v for k, v in self.params.items() if k != "seed"}
+        selected = without_seed.get("model")
+        models = without_seed.pop("models", {}) or {}
+        without_seed["backbone_sizes"] = models.get(selected)
+        for section, keys in (("data", ("workers",)), ("train", ("num_workers", "threads", "checkpoint_interval"))):
+            without_seed[section] = {k: v for k, v in (without_seed.get(section) or {}).items() if k not in keys}
+        return json.dumps(without_seed, sort_keys=True, default=str)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone} ({self.head})"
+
+
+def git(root: Path, *args: str) -> str | None:
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def default_revisions(root: Path) -> list[tuple[str, str]]:
+    """(name, ref) of every branch and every DVC experiment (refs/exps/...)."""
+    out = git(root, "for-each-ref", "--format=%(refname)", "refs/heads", "refs/exps") or ""
+    revisions = []
+    for ref in out.split():
+        if ref.startswith("refs/exps/") and not EXPERIMENT_REF.fullmatch(ref):
+            continue  # DVC's own bookkeeping refs (stash, celery, exec), not experiments
+        revisions.append((ref.rsplit("/", 1)[-1] if ref.startswith("refs/exps/") else ref[len("refs/heads/"):], ref))
+    return revisions
+
+
+def resolve(root: Path, name: str) -> str | None:
+    """A branch, tag, commit or DVC experiment name -> a ref git can read."""
+    if git(root, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"):
+        return name
+    for _, ref in default_revisions(root):
+        if ref.startswith("refs/exps/") and ref.rsplit("/", 1)[-1] == name:
+            return ref
+    return None
+
+
+def read_curves(root: Path, ref: str) -> dict:
+    curves = {}
+    for name in CURVES:
+        text = git(root, "show", f"{ref}:dvclive/plots/metrics/{name}.tsv")
+        if not text:
+            continue
+        rows = [line.split("\t") for line in text.strip().splitlines()[1:]]
+        try:
+            curves[name] = [(int(step), float(value)) for step, value in rows]
+        except ValueError:
+            continue
+    return curves
+
+
+def load_runs(root: Path, names: list[str] | None) -> list[Run]:
+    if names:
+        revisions = []
+        for name in names:
+            ref = resolve(root, name)
+            if ref is None:
+                raise ReportError(f"revision {name!r} is neither a branch, tag, commit nor DVC experiment of {root}; "
+                                  "see `git branch -a` and `dvc exp list --all-commits` (`dvc exp pull` fetches one)")
+            revisions.append((name, ref))
+    else:
+        revisions = default_revisions(root)
+    runs, seen = [], set()
+    for name, ref in revisions:
+        commit = (git(root, "rev-parse", f"{ref}^{{commit}}") or "").strip()
+        text = git(root, "show", f"{ref}:metrics/metrics.json")
+        if not text or commit in seen:
+            if names and not text:
+                raise ReportError(f"revision {name!r} has no metrics/metrics.json: run `dvc repro` (or `dvc exp run`) there first")
+            continue
+        seen.add(commit)
+        try:
+            metrics = json.loads(text)
+            params = yaml.safe_load(git(root, "show", f"{ref}:params.yaml") or "") or {}
+        except (ValueError, yaml.YAMLError) as error:
+            raise ReportError(f"revision {name!r}: unreadable metrics or params ({error})") from None
+        if "test" not in metrics:
+            continue
+        runs.append(Run(name, commit, params, metrics, read_curves(root, ref)))
+    if not runs:
+        raise ReportError("no revision with metrics/metrics.json to report: train and evaluate first "
+                          "(`dvc repro`, or `dvc exp run`)")
+    return runs
+
+
+def read_baseline(root: Path, runs: list[Run]) -> dict | None:
+    for ref in [*(r.rev for r in runs), "HEAD"]:
+        text = git(root, "show", f"{ref}:metrics/baseline.json")
+        if text:
+            try:
+                return json.loads(text)
+            except ValueError:
+                continue
+    return None
+
+
+# -- aggregation --------------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan, 0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
+
+
+def groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    by_key: dict[str, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault(run.config_key, []).append(run)
+    labelled = []
+    for members in by_key.values():
+        label = members[0].label
+        others = [m for m in by_key.values() if m[0].label == label]
+        if len(others) > 1:  # the same backbone in several configurations: name them apart
+            label += f" [{members[0].name}]"
+        labelled.append((label, members))
+    return sorted(labelled, key=lambda item: item[0])
+
+
+def worst_class(metrics: dict) -> tuple[str, float]:
+    per_class = metrics["test"].get("per_class_accuracy") or {}
+    if not per_class:
+        return "-", math.nan
+    name = min(per_class, key=per_class.get)
+    return name, per_class[name]
+
+
+# -- charts -------------------------------------------------------------------------------------
+
+
+def make_charts(runs: list[Run], baseline: dict | None, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no browser
+    import matplotlib.pyplot as plt
+
+    grouped = groups(runs)
+    labels = [label for label, _ in grouped]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    paths = {}
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
+        paths[name] = path
+
+    def stats(key):
+        return [mean_std([key(r) for r in members]) for _, members in grouped]
+
+    # accuracy and next-position RMSE, with the yardsticks
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((left, lambda r: r.metrics["test"]["accuracy"], "test accuracy"),
+                           (right, lambda r: r.metrics["test"]["position_rmse"], "next-position RMSE (world units)")):
+        values = stats(key)
+        ax.bar(range(len(labels)), [v[0] for v in values], yerr=[v[1] for v in values], color=colors[: len(labels)],
+               capsize=4)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+        ax.set_title(title)
+    if baseline:
+        left.axhline(baseline["test"]["accuracy"], color="k", ls="--", label="classical baseline")
+        right.axhline(baseline["test"]["position_rmse"], color="k", ls="--", label="classical baseline")
+        right.axhline(baseline["copy_last"]["position_rmse"], color="r", ls=":", label="copy last position")
+        right.legend(fontsize=8)
+    right.set_yscale("log")
+    left.set_ylim(0, 1.02)
+    save(fig, "accuracy_rmse")
+
+    # per-class accuracy
+    class_names = list(runs[0].metrics["test"].get("per_class_accuracy", {}))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / max(1, len(grouped))
+    for i, (label, members) in enumerate(grouped):
+        means = [mean_std([m.metrics["test"]["per_class_accuracy"].get(c) for m in members])[0] for c in class_names]
+        ax.bar([j + i * width for j in range(len(class_names))], means, width, label=label, color=colors[i % len(colors)])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(class_names))], class_names)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("test accuracy per class")
+    ax.legend(fontsize=8)
+    save(fig, "per_class_accuracy")
+
+    # learning curves
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(11, 4))
+    for ax, curve in zip(axes, CURVES):
+        for i, (label, members) in enumerate(grouped):
+            for j, member in enumerate(members):
+                points = member.curves.get(curve)
+                if points:
+                    ax.plot(*zip(*points), color=colors[i % len(colors)], alpha=0.85, marker="o", ms=3,
+                            label=label if j == 0 else None)
+        ax.set_xlabel("epoch")
+        ax.set_title(curve)
+        if curve.endswith("rmse"):
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    save(fig, "learning_curves")
+
+    # accuracy / RMSE against training time
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, members) in enumerate(grouped):
+        minutes = [m.metrics.get("train", {}).get("time_s", math.nan) / 60 for m in members]
+        left.scatter(minutes, [m.metrics["test"]["accuracy"] for m in members], color=colors[i % len(colors)], label=label)
+        right.scatter(minutes, [m.metrics["test"]["position_rmse"] for m in members], color=colors[i % len(colors)])
+    for ax, title in ((left, "test accuracy"), (right, "next-position RMSE")):
+        ax.set_xlabel("training time (min)")
+        ax.set_title(title)
+    right.set_yscale("log")
+    left.legend(fontsize=8)
+    save(fig, "time_tradeoff")
+
+    # parameters and model size
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    first = [members[0] for _, members in grouped]
+    left.bar(range(len(labels)), [m.metrics["model"]["params"] / 1e6 for m in first], color=colors[: len(labels)])
+    right.bar(range(len(labels)), [m.metrics["model"]["size_bytes"] / 1e6 for m in first], color=colors[: len(labels)])
+    for ax, title in ((left, "parameters (millions)"), (right, "model file (MB)")):
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+        ax.set_title(title)
+    save(fig, "size")
+    return paths
+
+
+# -- tables -------------------------------------------------------------------------------------
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _pm(mean: float, std: float, n: int, spec: str) -> str:
+    if n == 0:
+        return "-"
+    return f"{mean:{spec}} ± {std:{spec}} (n={n})" if n > 1 else f"{mean:{spec}}"
+
+
+def tables(runs: list[Run], baseline: dict | None) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    run_header = ["run", "revision", "backbone", "head", "seed", "samples", "epochs", "device", "accuracy",
+                  "worst class", "next RMSE", "params", "model MB", "train min", "samples/s"]
+    run_rows = []
+    for r in sorted(runs, key=lambda r: (r.label, str(r.seed), r.name)):
+        test, train = r.metrics["test"], r.metrics.get("train", {})
+        worst, worst_acc = worst_class(r.metrics)
+        run_rows.append([
+            r.name, r.rev[:7], r.backbone, r.head, str(r.seed),
+            str((r.params.get("data") or {}).get("num_samples", "-")), str(train.get("epochs", "-")),
+            f"{train.get('device', '-')} ×{train.get('processes', 1)}", _fmt(test["accuracy"], ".4f"),
+            f"{worst} {_fmt(worst_acc, '.3f')}", _fmt(test["position_rmse"], ".4f"),
+            f"{r.metrics['model']['params']:,}", _fmt(r.metrics["model"]["size_bytes"] / 1e6, ".1f"),
+            _fmt(train.get("time_s", math.nan) / 60, ".1f"), _fmt(train.get("samples_per_s"), ".1f"),
+        ])
+    group_header = ["configuration", "runs", "seeds", "accuracy", "worst class accuracy", "next RMSE"]
+    group_rows = []
+    for label, members in groups(runs):
+        group_rows.append([
+            label, str(len(members)), ", ".join(str(m.seed) for m in members),
+            _pm(*mean_std([m.metrics["test"]["accuracy"] for m in members]), ".4f"),
+            _pm(*mean_std([worst_class(m.metrics)[1] for m in members]), ".3f"),
+            _pm(*mean_std([m.metrics["test"]["position_rmse"] for m in members]), ".4f"),
+        ])
+    if baseline:
+        group_rows.append(["classical baseline (triangulate + fit)", "-", "-", _fmt(baseline["test"]["accuracy"], ".4f"),
+                           _fmt(worst_class(baseline)[1], ".3f"), _fmt(baseline["test"]["position_rmse"], ".4f")])
+        group_rows.append(["copy the last visible position", "-", "-", "-", "-",
+                           _fmt(baseline["copy_last"]["position_rmse"], ".4f")])
+    return run_header, run_rows, group_header, group_rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def reduced_note(runs: list[Run]) -> str:
+    reduced = [r.name for r in runs if (r.params.get("data") or {}).get("num_samples") != 10000
+               or r.metrics.get("train", {}).get("epochs") != 10]
+    if not reduced:
+        return ""
+    return (f"Reduced runs (not the full 10,000 samples × 10 epochs; their figures are not the full protocol's): "
+            f"{', '.join(reduced)}.")
+
+
+def report(root: Path | str = ".", revisions: list[str] | None = None, out: Path | str = "reports") -> dict:
+    root, out = Path(root).resolve(), Path(out)
+    if not out.is_absolute():
+        out = root / out
+    runs = load_runs(root, revisions)
+    baseline = read_baseline(root, runs)
+    out.mkdir(parents=True, exist_ok=True)
+    charts = make_charts(runs, baseline, out)
+    run_header, run_rows, group_header, group_rows = tables(runs, baseline)
+    note = reduced_note(runs)
+    intro = ("Test split figures from `metrics/metrics.json` of each revision; accuracy over the four classes; next RMSE "
+             "is the per-coordinate RMSE of the predicted next-frame 3D position in world units. Runs that differ "
+             "only in their seed are aggregated as mean ± standard deviation (n runs).")
+    md = ["# Backbone comparison", "", intro, ""] + ([note, ""] if note else []) + [
+        "## By configuration", "", markdown_table(group_header, group_rows), "",
+        "## Every run", "", markdown_table(run_header, run_rows), "",
+        "## Charts", ""] + [f"![{name}]({path.name})" for name, path in charts.items()]
+    write_text(out / "comparison.md", "\n".join(md) + "\n")
+    images = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>" for name, path in charts.items())
+    page = (
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>trajvid: backbone comparison</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;font-size:13px}th{background:#eee}"
+        "img{max-width:100%}</style></head><body>"
+        f"<h1>Backbone comparison</h1><p>{html.escape(intro)}</p>" + (f"<p><b>{html.escape(note)}</b></p>" if note else "")
+        + "<h2>By configuration</h2>" + html_table(group_header, group_rows)
+        + "<h2>Every run</h2>" + html_table(run_header, run_rows) + "<h2>Charts</h2>" + images + "</body></html>\n"
+    )
+    write_text(out / "comparison.html", page)
+    return {"runs": len(runs), "groups": len(groups(runs)), "out": str(out), "charts": [str(p) for p in charts.values()]}

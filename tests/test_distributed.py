@@ -1,0 +1,77 @@
+"""Training on several processes: two CPU processes (gloo) started by torchrun, as on 2 GPUs.
+
+`accelerate launch --cpu --num_processes 2` starts only one process; `torchrun` with
+ACCELERATE_USE_CPU=true starts two, which Accelerate joins over gloo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BIN, run, tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+
+# Measured on this CPU (2026-11-29): one epoch of 160 samples, batch 16, I3D (tiny sizes).
+# The runs differ only through BatchNorm statistics (per process: 8 samples, not 16) and float
+# summation order, so their test figures agree closely but not exactly.
+TOLERANCE = {"accuracy": 0.15, "position_rmse": 0.25}  # relative for RMSE, absolute for accuracy
+
+
+def torchrun(args: list[str], cwd, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "ACCELERATE_USE_CPU": "true",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "trajvid", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def test_two_processes_write_one_model_like_one_process(tmp_path, tiny_dataset):
+    raw = tiny_params(num_samples=200, epochs=1)
+    raw["train"].update({"batch_size": 16, "threads": 1})
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        write_params(tmp_path / name / "params.yaml", raw)
+    run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)], tmp_path / "one")
+    two = torchrun(["train", "--no-progress", "--data", str(tiny_dataset)], tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    models = tmp_path / "two" / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoints", "config.json", "model.safetensors"]
+    config = json.loads((models / "config.json").read_text())
+    assert config["training"]["processes"] == 2
+    # one DVCLive log, written by the main process, with the figures of both processes summed
+    rows = (tmp_path / "two" / "dvclive" / "plots" / "metrics" / "train" / "accuracy.tsv").read_text().splitlines()
+    assert len(rows) == 2  # header + epoch 1
+
+    metrics = {}
+    for name in ("one", "two"):
+        run(["trajvid", "evaluate", "--data", str(tiny_dataset)], tmp_path / name)
+        metrics[name] = json.loads((tmp_path / name / "metrics" / "metrics.json").read_text())["test"]
+    one, two = metrics["one"], metrics["two"]
+    assert two["samples"] == one["samples"]
+    assert abs(two["accuracy"] - one["accuracy"]) <= TOLERANCE["accuracy"], (one, two)
+    assert abs(two["position_rmse"] / one["position_rmse"] - 1) <= TOLERANCE["position_rmse"], (one, two)
+
+
+def test_a_diverging_process_stops_every_process(tmp_path, tiny_dataset):
+    """A non-finite loss is decided together: no process waits for ever in the next all-reduce."""
+    raw = tiny_params(num_samples=200, epochs=1)
+    raw["train"].update({"batch_size": 16, "threads": 1, "learning_rate": 1e30, "grad_clip": 0.0})
+    write_params(tmp_path / "params.yaml", raw)
+    result = torchrun(["train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)], tmp_path)
+    assert result.returncode != 0
+    assert "error: loss is" in result.stderr and "stopped" in result.stderr
+
+
+def test_a_batch_that_the_processes_cannot_share_is_one_line(tmp_path, tiny_dataset):
+    raw = tiny_params(num_samples=200, epochs=1)
+    raw["train"].update({"batch_size": 9, "threads": 1})
+    write_params(tmp_path / "params.yaml", raw)
+    result = torchrun(["train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)], tmp_path)
+    assert result.returncode != 0
+    assert "error: train.batch_size=9 cannot be shared by 2 processes" in result.stderr
+    assert not (tmp_path / "models").exists()

@@ -1,0 +1,87 @@
+"""`trajvid status` on real repositories: empty, queued and failed DVC experiments, a running and
+a killed training in the workspace. (Finished experiments: tests/test_pipeline.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, make_repo, run, tiny_params, write_params
+from trajvid.heartbeat import RELATIVE_PATH
+
+pytestmark = pytest.mark.slow
+
+
+def status(repo) -> dict:
+    return json.loads(run(["trajvid", "status", "--json"], repo).stdout)
+
+
+def test_an_empty_repository(tmp_path):
+    repo = make_repo(tmp_path / "empty", tiny_params())
+    start = time.monotonic()
+    shown = run(["trajvid", "status"], repo).stdout
+    took = time.monotonic() - start
+    assert "no training in the workspace and no experiment in DVC's queue" in shown
+    assert status(repo)["runs"] == []
+    print(f"trajvid status on an empty repository: {took:.2f} s")
+
+
+def test_failed_and_queued_experiments_and_no_worker(tmp_path):
+    repo = make_repo(tmp_path / "queue", tiny_params())
+    # fails at once: too few samples for the splits
+    run(["dvc", "exp", "run", "--queue", "-n", "too-small", "-S", "data.num_samples=12"], repo)
+    run(["dvc", "queue", "start", "-j", "1"], repo)
+    deadline = time.time() + 180
+    while "Failed" not in run(["dvc", "queue", "status"], repo).stdout and time.time() < deadline:
+        time.sleep(1)
+    while "active" in run(["dvc", "queue", "status"], repo).stdout.split("Worker status:")[-1].split(",")[0] \
+            and time.time() < deadline:
+        time.sleep(1)  # the temporary worker stops once the queue is empty
+    run(["dvc", "exp", "run", "--queue", "-n", "later", "-S", "model=magvit", "-S", "seed=7"], repo)
+
+    runs = {r["name"]: r for r in status(repo)["runs"]}
+    assert runs["too-small"]["state"] == "failed"
+    assert "leaves the validation split without" in runs["too-small"]["note"]
+    assert "dvc queue logs too-small" in runs["too-small"]["note"]
+    assert runs["later"]["state"] == "queued"
+    assert (runs["later"]["backbone"], runs["later"]["seed"]) == ("magvit", 7)
+    shown = run(["trajvid", "status"], repo).stdout
+    assert "no queue worker is running" in shown and "dvc queue start" in shown
+    run(["dvc", "queue", "stop", "--kill"], repo, check=False)
+
+
+def test_a_running_then_killed_training_in_the_workspace(tmp_path, tiny_dataset):
+    write_params(tmp_path / "params.yaml", tiny_params(num_samples=200, epochs=50))
+    proc = subprocess.Popen(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    try:
+        beat_file = tmp_path / RELATIVE_PATH
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            beat = json.loads(beat_file.read_text()) if beat_file.exists() else {}
+            if beat.get("validation"):  # an epoch is done: validation figures and an ETA
+                break
+            time.sleep(0.2)
+        (row,) = status(tmp_path)["runs"]
+        assert (row["name"], row["state"], row["backbone"], row["seed"], row["pid"]) == \
+            ("workspace", "running", "i3d", 42, proc.pid)
+        assert row["epoch"].split()[0] in {f"{e}/50" for e in range(2, 51)} and row["eta_s"] > 0
+        assert 0 <= row["val_accuracy"] <= 1 and row["val_rmse"] > 0
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        (row,) = status(tmp_path)["runs"]
+        assert row["state"] == "crashed" and "resumes from the last checkpoint" in row["note"]
+    finally:
+        proc.kill()
+
+
+def test_a_half_written_heartbeat_is_read_as_absent(tmp_path):
+    (tmp_path / RELATIVE_PATH).parent.mkdir()
+    (tmp_path / RELATIVE_PATH).write_text('{"backbone": "i3d", "sta')
+    assert status(tmp_path)["runs"] == []
