@@ -137,6 +137,7 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
     run(["dvc", "exp", "run", "-n", "exp-magvit", "-S", "model=magvit"], repo)
     for name in ("slowfast", "transformer", "i3d"):
         run(["dvc", "exp", "run", "--queue", "-n", f"exp-{name}", "-S", f"model={name}"], repo)
+    run(["dvc", "exp", "run", "--queue", "-n", "exp-i3d-seed-7", "-S", "model=i3d", "-S", "seed=7"], repo)
     run(["dvc", "queue", "start", "-j", "2"], repo)
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -154,9 +155,42 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
             for rev in exp["revs"]:
                 metrics = rev["data"]["metrics"]["metrics/metrics.json"]["data"]
                 found[rev["name"]] = metrics["model"]["name"]
-    assert found == {f"exp-{n}": n for n in ("magvit", "slowfast", "transformer", "i3d")}, found
+    assert found == {**{f"exp-{n}": n for n in ("magvit", "slowfast", "transformer", "i3d")}, "exp-i3d-seed-7": "i3d"}, found
     table = run(["dvc", "exp", "show", "--no-pager", "--md"], repo).stdout
     assert "test.accuracy" in table and "exp-magvit" in table
+
+    # `trajvid status`: the finished experiments with their test figures
+    rows = {r["name"]: r for r in json.loads(run(["trajvid", "status", "--json"], repo).stdout)["runs"]}
+    for name in ("exp-slowfast", "exp-transformer", "exp-i3d", "exp-i3d-seed-7"):
+        assert rows[name]["state"] == "finished" and rows[name]["test_accuracy"] is not None, rows
+    assert (rows["exp-i3d-seed-7"]["backbone"], rows["exp-i3d-seed-7"]["seed"]) == ("i3d", 7)
+
+    # `trajvid report` over every experiment: one row each, the two i3d seeds aggregated
+    accuracy = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                accuracy[rev["name"]] = rev["data"]["metrics"]["metrics/metrics.json"]["data"]["test"]["accuracy"]
+    run(["trajvid", "report"], repo)
+    check_report(repo / "reports", accuracy)
+    md = (repo / "reports" / "comparison.md").read_text()
+    i3d = [line for line in md.splitlines() if line.startswith("| i3d (keypoints) |")]
+    assert len(i3d) == 1 and "| 2 | 42, 7 |" in i3d[0], md
+    values = [accuracy["exp-i3d"], accuracy["exp-i3d-seed-7"]]
+    assert f"{sum(values) / 2:.4f} ± " in i3d[0]
+
+
+def check_report(reports, accuracy: dict) -> None:
+    """Every run's accuracy in the table equals its metrics file; the charts are PNGs; the HTML
+    fetches nothing (no http(s) reference: charts are inline data)."""
+    md = (reports / "comparison.md").read_text()
+    for name, value in accuracy.items():
+        row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| {value:.4f} |" in row, (name, row)
+    charts = sorted(reports.glob("*.png"))
+    assert len(charts) == 5 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in charts)
+    html = (reports / "comparison.html").read_text()
+    assert "http://" not in html and "https://" not in html and html.count("data:image/png;base64,") == 5
 
 
 def test_branches_compare_with_metrics_diff_and_plots_diff(tmp_path):
@@ -182,6 +216,11 @@ def test_branches_compare_with_metrics_diff_and_plots_diff(tmp_path):
     run(["dvc", "plots", "diff", "i3d", "magvit", "-o", "diff"], repo)
     html = (repo / "diff" / "index.html").read_text()
     assert "confusion" in html.lower() or "predicted" in html
+
+    # `trajvid report` of the two branches
+    run(["trajvid", "report", "i3d", "magvit"], repo)
+    check_report(repo / "reports", {branch: json.loads(run(["git", "show", f"{branch}:metrics/metrics.json"], repo).stdout)
+                                    ["test"]["accuracy"] for branch in ("i3d", "magvit")})
 
 
 def push_then_pull_into_a_clone(repo, clone, remote_args, local_config=()):
