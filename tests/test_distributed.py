@@ -17,10 +17,11 @@ from conftest import BIN, run, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
-# Measured on this CPU (2026-11-29): one epoch of 160 samples, batch 16, I3D (tiny sizes).
 # The runs differ only through BatchNorm statistics (per process: 8 samples, not 16) and float
-# summation order, so their test figures agree closely but not exactly.
-TOLERANCE = {"accuracy": 0.15, "position_rmse": 0.25}  # relative for RMSE, absolute for accuracy
+# summation order, so their test figures agree closely but not exactly. Measured on this CPU
+# (2026-11-29), one epoch of 160 samples, batch 16, tiny I3D: RMSE 0.7978 (1 process) vs 0.8008
+# (2 processes), accuracy 0.25 both.
+TOLERANCE = {"accuracy": 0.1, "position_rmse": 0.05}  # absolute for accuracy, relative for RMSE
 
 
 def torchrun(args: list[str], cwd, **kwargs) -> subprocess.CompletedProcess:
@@ -52,6 +53,8 @@ def test_two_processes_write_one_model_like_one_process(tmp_path, tiny_dataset):
         run(["trajvid", "evaluate", "--data", str(tiny_dataset)], tmp_path / name)
         metrics[name] = json.loads((tmp_path / name / "metrics" / "metrics.json").read_text())["test"]
     one, two = metrics["one"], metrics["two"]
+    print(f"1 process: accuracy {one['accuracy']:.4f} rmse {one['position_rmse']:.4f}; "
+          f"2 processes: accuracy {two['accuracy']:.4f} rmse {two['position_rmse']:.4f}")
     assert two["samples"] == one["samples"]
     assert abs(two["accuracy"] - one["accuracy"]) <= TOLERANCE["accuracy"], (one, two)
     assert abs(two["position_rmse"] / one["position_rmse"] - 1) <= TOLERANCE["position_rmse"], (one, two)

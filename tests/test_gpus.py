@@ -130,3 +130,25 @@ def test_two_trainings_on_a_one_gpu_machine_run_one_after_the_other(machine, tmp
     # the waiting run started only when the first had released the GPU, i.e. had finished
     assert (tmp_path / "a" / "models" / "model.safetensors").stat().st_mtime <= \
         min(p.stat().st_mtime for p in (tmp_path / "b" / "models" / "checkpoints").rglob("*"))
+
+
+def test_trainings_on_one_machine_share_its_cores(tmp_path, monkeypatch):
+    """threads=0: each running training gets an equal share of the cores, re-counted when one ends."""
+    import trajvid.devices as devices
+
+    monkeypatch.setenv("TRAJVID_CPU_SLOTS_DIR", str(tmp_path))
+    monkeypatch.setattr(devices, "_slot", None)
+    cores = devices.available_cores()
+    assert devices.running_trainings() == 1 and devices.set_threads(0) == cores
+    hold = "from trajvid.devices import running_trainings as r; import time; print(r(), flush=True); time.sleep(60)"
+    other = subprocess.Popen([sys.executable, "-c", hold], env=os.environ, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "2"  # it counts us, and itself
+        assert devices.running_trainings() == 2
+        assert devices.set_threads(0) == max(1, cores // 2)
+        assert devices.set_threads(3) == 3  # an explicit count is kept
+    finally:
+        other.kill()
+        other.wait()
+    assert devices.running_trainings() == 1 and devices.set_threads(0) == cores
+    devices._slot.close()

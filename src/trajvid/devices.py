@@ -1,8 +1,28 @@
-"""Where computation runs: the number of CPU threads torch uses."""
+"""Where computation runs: the number of CPU threads torch uses, shared among the trainings of
+one machine.
+
+With `train.threads: 0` every training takes an equal share of the cores: it holds a slot (a
+kernel lock on a file in a machine-local directory, dropped when the process ends however it
+ends) and, at the start of every epoch, counts the slots held, i.e. the trainings running here.
+Two queued experiments (`dvc queue start -j 2`) on 2 cores then use 1 thread each instead of
+2 + 2 fighting over 2 cores, and the survivor takes both cores once the other ends.
+
+The thread count changes the order of floating-point sums, so a run's figures are bitwise
+reproducible only for the same count: set `train.threads` to a number for that (config.json
+records the counts used).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+from pathlib import Path
+
+SLOTS_DIR_ENV = "TRAJVID_CPU_SLOTS_DIR"
+MAX_SLOTS = 64
+
+_slot = None  # this process's slot: an open, locked file
 
 
 def available_cores() -> int:
@@ -13,10 +33,49 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def slots_dir() -> Path:
+    return Path(os.environ.get(SLOTS_DIR_ENV) or Path(tempfile.gettempdir()) / "trajvid-cpu-slots")
+
+
+def _try_lock(path: Path):
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def running_trainings() -> int:
+    """Trainings holding a slot on this machine, this one included (it takes one if it has none)."""
+    global _slot
+    directory = slots_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    held = 0
+    for i in range(MAX_SLOTS):
+        path = directory / f"slot-{i}.lock"
+        if _slot is not None and Path(_slot.name) == path:
+            held += 1
+            continue
+        handle = _try_lock(path)
+        if handle is None:
+            held += 1  # another training holds it
+        elif _slot is None:
+            _slot = handle  # a free slot: ours from now on
+            held += 1
+        else:
+            handle.close()  # free, and we have one
+    return max(1, held)
+
+
 def set_threads(threads: int) -> int:
-    """Use `threads` torch CPU threads (0 = every available core); call before any torch op."""
+    """Use `threads` torch CPU threads; 0 = this process's share of the available cores (see
+    above). Call before any torch op, and again whenever the share may have changed."""
     import torch
 
-    threads = threads or available_cores()
-    torch.set_num_threads(threads)
+    if not threads:
+        threads = max(1, available_cores() // running_trainings())
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     return threads

@@ -253,6 +253,7 @@ def resume(run: Run) -> None:
 def train_one_epoch(run: Run, epoch: int, bar: tqdm) -> dict:
     """One pass over the train split; the figures of every process, summed."""
     accelerator, model = run.accelerator, run.model
+    run.threads = set_threads(run.cfg.threads)  # this epoch's share of the cores (devices.py)
     model.train()
     run.train_loader.set_epoch(epoch)
     metrics = SplitMetrics()
@@ -316,7 +317,8 @@ def end_epoch(run: Run, epoch: int, train_result: dict, val_result: dict, second
     metrics = {**logged("train", train_result), **logged("val", val_result), "lr": run.scheduler.get_last_lr()[0]}
     # Timing is measured, not computed: it is kept out of the logged metrics so that the logs of
     # a resumed run equal those of an uninterrupted one.
-    run.history.append({"epoch": epoch, "metrics": metrics, "seconds": seconds, "samples": train_result["samples"]})
+    run.history.append({"epoch": epoch, "metrics": metrics, "seconds": seconds, "samples": train_result["samples"],
+                        "threads": run.threads})
     accelerator.log(metrics, step=epoch)
     accelerator.print(
         f"epoch {epoch}/{cfg.epochs}: loss {metrics['train/loss']:.4f} val loss {metrics['val/loss']:.4f} "
@@ -355,7 +357,7 @@ def finish(run: Run, out_dir: Path, stopped_early: bool) -> dict:
             "samples_per_s": samples / time_s if time_s else 0.0,
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
-            "threads": run.threads,
+            "threads": sorted({row.get("threads", run.threads) for row in run.history}),  # per epoch, see devices.py
             "mixed_precision": run.cfg.mixed_precision,
         },
     }
