@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -60,14 +62,43 @@ def test_two_processes_write_one_model_like_one_process(tmp_path, tiny_dataset):
     assert abs(two["position_rmse"] / one["position_rmse"] - 1) <= TOLERANCE["position_rmse"], (one, two)
 
 
-def test_a_diverging_process_stops_every_process(tmp_path, tiny_dataset):
-    """A non-finite loss is decided together: no process waits for ever in the next all-reduce."""
+def with_one_bad_sample(dataset, out):
+    """A copy of `dataset` where one train sample has a non-finite visible position: its loss is
+    NaN in whichever process draws it, and finite in the other."""
+    import numpy as np
+    import pyarrow as pa
+
+    from trajvid.data import CHECKSUMS, checksum_lines
+
+    shutil.copytree(dataset, out)
+    shard = sorted((out / "data").glob("train-*.arrow"))[0]
+    with pa.OSFile(str(shard), "rb") as source:
+        table = pa.ipc.open_stream(source).read_all()
+    positions = np.array(table.column("positions").to_pylist(), dtype=np.float32)
+    positions[0, 5] = np.nan  # a visible frame (not the next one: that feeds the target statistics)
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(positions.reshape(-1)), 3)
+    column = pa.FixedSizeListArray.from_arrays(flat, positions.shape[1])
+    table = table.set_column(table.schema.get_field_index("positions"), table.schema.field("positions"), column)
+    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    names = sorted(line.split("  ", 1)[1] for line in (out / CHECKSUMS).read_text().splitlines() if line)
+    (out / CHECKSUMS).write_text(checksum_lines(out, names))
+    return out
+
+
+def test_a_process_that_diverges_alone_stops_every_process_at_the_same_step(tmp_path, tiny_dataset):
+    """A non-finite loss in one process is decided together: both stop at the same step with the
+    same message (alone, the healthy process would wait in its next all-reduce until killed)."""
+    data = with_one_bad_sample(tiny_dataset, tmp_path / "data")
     raw = tiny_params(num_samples=200, epochs=1)
-    raw["train"].update({"batch_size": 16, "threads": 1, "learning_rate": 1e30, "grad_clip": 0.0})
+    raw["train"].update({"batch_size": 16, "threads": 1})
     write_params(tmp_path / "params.yaml", raw)
-    result = torchrun(["train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)], tmp_path)
+    result = torchrun(["train", "--no-progress", "--live", "none", "--data", str(data)], tmp_path)
     assert result.returncode != 0
-    assert "error: loss is" in result.stderr and "stopped" in result.stderr
+    stops = re.findall(r"error: loss is not finite at epoch 1, step (\d+) \(this process's loss: (\S+)\)", result.stderr)
+    assert len(stops) == 2 and stops[0][0] == stops[1][0], result.stderr[-3000:]
+    assert sorted(loss == "nan" for _, loss in stops) == [False, True]  # one process saw NaN, the other not
+    assert "interrupted" not in result.stderr
 
 
 def test_a_batch_that_the_processes_cannot_share_is_one_line(tmp_path, tiny_dataset):

@@ -115,15 +115,21 @@ def test_claims_in_one_process_are_exclusive_and_released(tmp_path, monkeypatch)
 def test_two_trainings_on_a_one_gpu_machine_run_one_after_the_other(machine, tmp_path, tiny_dataset):
     """`trajvid train` claims before it starts: the second of two queued runs waits for the first."""
     machine = {**machine, "CUDA_VISIBLE_DEVICES": "0"}
-    runs = []
+    runs, logs = [], []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         write_params(tmp_path / name / "params.yaml", tiny_params(num_samples=200, epochs=1))
-        runs.append(subprocess.Popen(["trajvid", "train", "--no-progress", "--live", "none",
-                                      "--data", str(tiny_dataset)], cwd=tmp_path / name, env=machine,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        time.sleep(1.5)
-    errors = [p.communicate(timeout=300)[1] for p in runs]
+        logs.append(tmp_path / f"{name}.err")
+        with open(logs[-1], "w") as err:
+            runs.append(subprocess.Popen(["trajvid", "train", "--no-progress", "--live", "none",
+                                          "--data", str(tiny_dataset)], cwd=tmp_path / name, env=machine,
+                                         stdout=subprocess.DEVNULL, stderr=err))
+        deadline = time.time() + 60
+        while name == "a" and "using GPU" not in logs[0].read_text() and time.time() < deadline:
+            time.sleep(0.1)  # "a" holds the GPU before "b" starts
+    for p in runs:
+        p.wait(timeout=300)
+    errors = [log.read_text() for log in logs]
     assert [p.returncode for p in runs] == [0, 0], errors
     assert "using GPU 0 (GPU-0aaa)" in errors[0] and "waiting" not in errors[0]
     assert "waiting for a free GPU: all 1 are claimed" in errors[1] and "using GPU 0 (GPU-0aaa)" in errors[1]
@@ -138,6 +144,7 @@ def test_trainings_on_one_machine_share_its_cores(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TRAJVID_CPU_SLOTS_DIR", str(tmp_path))
     monkeypatch.setattr(devices, "_slot", None)
+    monkeypatch.setattr(devices, "_slot_path", None)
     cores = devices.available_cores()
     assert devices.running_trainings() == 1 and devices.set_threads(0) == cores
     hold = "from trajvid.devices import running_trainings as r; import time; print(r(), flush=True); time.sleep(60)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +20,13 @@ pytestmark = pytest.mark.slow
 
 def status(repo) -> dict:
     return json.loads(run(["trajvid", "status", "--json"], repo).stdout)
+
+
+def workers(repo) -> tuple[int, int]:
+    """(active, idle) from `dvc queue status`'s "Worker status: N active, M idle"."""
+    line = run(["dvc", "queue", "status"], repo).stdout.split("Worker status:")[-1]
+    active, idle = re.match(r"\s*(\d+) active, (\d+) idle", line).groups()
+    return int(active), int(idle)
 
 
 def test_an_empty_repository(tmp_path):
@@ -39,8 +47,7 @@ def test_failed_and_queued_experiments_and_no_worker(tmp_path):
     deadline = time.time() + 180
     while "Failed" not in run(["dvc", "queue", "status"], repo).stdout and time.time() < deadline:
         time.sleep(1)
-    while "active" in run(["dvc", "queue", "status"], repo).stdout.split("Worker status:")[-1].split(",")[0] \
-            and time.time() < deadline:
+    while workers(repo) != (0, 0) and time.time() < deadline:
         time.sleep(1)  # the temporary worker stops once the queue is empty
     run(["dvc", "exp", "run", "--queue", "-n", "later", "-S", "model=magvit", "-S", "seed=7"], repo)
 

@@ -23,6 +23,7 @@ SLOTS_DIR_ENV = "TRAJVID_CPU_SLOTS_DIR"
 MAX_SLOTS = 64
 
 _slot = None  # this process's slot: an open, locked file
+_slot_path: Path | None = None
 
 
 def available_cores() -> int:
@@ -37,8 +38,29 @@ def slots_dir() -> Path:
     return Path(os.environ.get(SLOTS_DIR_ENV) or Path(tempfile.gettempdir()) / "trajvid-cpu-slots")
 
 
+def open_lock_file(path: Path):
+    """A lock file every user of the machine can lock: the directory is world-writable and
+    sticky like /tmp, the file is created 0666 (flock needs only a descriptor, so a file made by
+    another user is opened read-only)."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(path.parent, 0o1777)
+        except PermissionError:
+            pass  # made by another user in the meantime
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            os.fchmod(fd, 0o666)
+        except PermissionError:
+            pass
+        return os.fdopen(fd, "r+")
+    except PermissionError:
+        return open(path)
+
+
 def _try_lock(path: Path):
-    handle = open(path, "a+")
+    handle = open_lock_file(path)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -48,24 +70,30 @@ def _try_lock(path: Path):
 
 
 def running_trainings() -> int:
-    """Trainings holding a slot on this machine, this one included (it takes one if it has none)."""
-    global _slot
+    """Trainings holding a slot on this machine, this one included (it takes one if it has none).
+    One scan at a time (scan.lock), so that another scan's brief probe is not counted as a run."""
+    global _slot, _slot_path
     directory = slots_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    held = 0
-    for i in range(MAX_SLOTS):
-        path = directory / f"slot-{i}.lock"
-        if _slot is not None and Path(_slot.name) == path:
-            held += 1
-            continue
-        handle = _try_lock(path)
-        if handle is None:
-            held += 1  # another training holds it
-        elif _slot is None:
-            _slot = handle  # a free slot: ours from now on
-            held += 1
-        else:
-            handle.close()  # free, and we have one
+    try:
+        with open_lock_file(directory / "scan.lock") as scan:
+            fcntl.flock(scan, fcntl.LOCK_EX)
+            held = 0
+            for i in range(MAX_SLOTS):
+                path = directory / f"slot-{i}.lock"
+                if _slot is not None and _slot_path == path:
+                    held += 1
+                    continue
+                handle = _try_lock(path)
+                if handle is None:
+                    held += 1  # another training holds it
+                elif _slot is None:
+                    _slot, _slot_path = handle, path  # a free slot: ours from now on
+                    held += 1
+                else:
+                    handle.close()  # free, and we have one
+    except OSError as error:  # no usable lock directory: do not share rather than fail a training
+        print(f"warning: cannot count the trainings on this machine ({error}); using every core", flush=True)
+        return 1
     return max(1, held)
 
 

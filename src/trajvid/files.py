@@ -89,6 +89,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (no window in which
+    another thread would create files with a wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -93,7 +93,7 @@ def _worker_main(conn, init_args: tuple, other_ends: list) -> None:
             except Exception:  # a bug: its traceback goes to the parent, which raises it
                 result = ("error", traceback.format_exc())
             conn.send(result)
-    except (EOFError, BrokenPipeError):
+    except (EOFError, OSError):  # OSError: ConnectionResetError when it left unread results
         pass  # the parent is gone
 
 
@@ -189,19 +189,25 @@ class _Workers:
             return
         n = len(self.workers)
         for i in range(min(len(tasks), n * self.AHEAD)):  # task i goes to worker i % n
-            self.workers[i % n][1].send(tasks[i])
+            self._talk(*self.workers[i % n], lambda conn: conn.send(tasks[i]))
         for i in range(len(tasks)):
             process, conn = self.workers[i % n]
-            try:
-                kind, value = conn.recv()
-            except EOFError:
-                process.join(1)
-                raise RuntimeError(f"generate worker {process.pid} died (exit code {process.exitcode})") from None
+            kind, value = self._talk(process, conn, lambda conn: conn.recv())
             if kind == "error":
                 raise RuntimeError(f"generate worker {process.pid} failed:\n{value}")
             if i + n * self.AHEAD < len(tasks):
-                conn.send(tasks[i + n * self.AHEAD])
+                self._talk(process, conn, lambda conn: conn.send(tasks[i + n * self.AHEAD]))
             yield value
+
+    @staticmethod
+    def _talk(process, conn, action):
+        """Send or receive; a worker that died (killed, out of memory) is named, whichever way the
+        pipe reports it (EOF, or a reset when tasks were still queued for it)."""
+        try:
+            return action(conn)
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            process.join(1)
+            raise RuntimeError(f"generate worker {process.pid} died (exit code {process.exitcode})") from None
 
     def __exit__(self, *exc) -> None:
         for process, conn in self.workers:

@@ -10,7 +10,10 @@ directory. The kernel drops it when the process ends, however it ends (SIGKILL a
 included), so no claim goes stale and nothing needs cleaning up. A run that finds every GPU
 claimed waits, saying so, until one is free or `TRAJVID_GPU_WAIT_S` seconds have passed.
 
-Only GPUs in an outer `CUDA_VISIBLE_DEVICES` are considered. A run started by torchrun or
+Only GPUs in an outer `CUDA_VISIBLE_DEVICES` are considered; its indices are read in
+nvidia-smi's (PCI bus) order, which is CUDA's too where `CUDA_DEVICE_ORDER=PCI_BUS_ID` or all GPUs
+are of one model (CUDA's default puts the fastest first); UUIDs are unambiguous, and a claim sets
+`CUDA_VISIBLE_DEVICES` to the claimed GPU's UUID. A run started by torchrun or
 `accelerate launch` on several processes claims nothing: its launcher assigns devices by local rank.
 """
 
@@ -25,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trajvid.devices import open_lock_file
 from trajvid.errors import TrajvidError
 
 LOCK_DIR_ENV = "TRAJVID_GPU_LOCK_DIR"
@@ -83,17 +87,19 @@ def visible(gpus: list[GPU], cuda_visible_devices: str | None) -> list[GPU]:
 
 def try_claim(gpu: GPU, directory: Path) -> object | None:
     """An open, locked file if `gpu` was free (keep it open to keep the claim), else None."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / f"{gpu.uuid}.lock", "a+")
+    handle = open_lock_file(directory / f"{gpu.uuid}.lock")  # usable by every user of the machine
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")  # for people looking; the lock, not this number, is the claim
-    handle.flush()
+    try:  # for people looking; the lock, not this number, is the claim
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    except OSError:
+        pass  # opened read-only: another user's file
     return handle
 
 
@@ -103,8 +109,8 @@ def claim(count: int = 1, gpus: list[GPU] | None = None, environ: dict | None = 
     os.environ); returns them. A no-op (returns []) on a machine without GPUs or in a multi-process
     launch. Waits while all are claimed; raises NoFreeGPU after `wait_s`."""
     environ = os.environ if environ is None else environ
-    if int(environ.get("WORLD_SIZE", "1")) > 1:
-        return []
+    if (environ.get("WORLD_SIZE") or "1").strip() not in ("1", "0"):
+        return []  # a multi-process launch: its launcher assigns devices by local rank
     gpus = visible(list_gpus() if gpus is None else gpus, environ.get("CUDA_VISIBLE_DEVICES"))
     if not gpus:
         return []

@@ -168,6 +168,20 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
+def drop_repeats(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """One run per (configuration, seed): the same params and seed again (a branch made from an
+    experiment, a rerun) is one result, not two samples; the first found is kept."""
+    kept, dropped, seen = [], [], {}
+    for run in runs:
+        key = (run.config_key, str(run.seed))
+        if key in seen:
+            dropped.append(f"{run.name} (same params and seed as {seen[key]})")
+            continue
+        seen[key] = run.name
+        kept.append(run)
+    return kept, dropped
+
+
 def groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
     by_key: dict[str, list[Run]] = {}
     for run in runs:
@@ -345,7 +359,7 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def reduced_note(runs: list[Run]) -> str:
     reduced = [r.name for r in runs if (r.params.get("data") or {}).get("num_samples") != 10000
-               or r.metrics.get("train", {}).get("epochs") != 10]
+               or (r.params.get("train") or {}).get("epochs") != 10]
     if not reduced:
         return ""
     return (f"Reduced runs (not the full 10,000 samples × 10 epochs; their figures are not the full protocol's): "
@@ -356,12 +370,14 @@ def report(root: Path | str = ".", revisions: list[str] | None = None, out: Path
     root, out = Path(root).resolve(), Path(out)
     if not out.is_absolute():
         out = root / out
-    runs = load_runs(root, revisions)
+    runs, repeats = drop_repeats(load_runs(root, revisions))
     baseline = read_baseline(root, runs)
     out.mkdir(parents=True, exist_ok=True)
     charts = make_charts(runs, baseline, out)
     run_header, run_rows, group_header, group_rows = tables(runs, baseline)
     note = reduced_note(runs)
+    if repeats:
+        note = (note + " " if note else "") + f"Left out as repeats: {', '.join(repeats)}."
     intro = ("Test split figures from `metrics/metrics.json` of each revision; accuracy over the four classes; next RMSE "
              "is the per-coordinate RMSE of the predicted next-frame 3D position in world units. Runs that differ "
              "only in their seed are aggregated as mean ± standard deviation (n runs).")

@@ -35,8 +35,9 @@ def read_json(path: Path) -> dict | None:
         return None  # absent, or caught half-way through a rewrite
 
 
-def alive(pid: int | None, host: str | None) -> bool | None:
-    """Whether the process runs; None when it cannot be told from here (another host)."""
+def alive(pid: int | None, host: str | None, started: float | None = None) -> bool | None:
+    """Whether the process runs; None when it cannot be told from here (another host). A pid
+    reused by a process that started after the run (a reboot, a long time) is not the run."""
     if not pid or (host and host != socket.gethostname()):
         return None
     try:
@@ -44,8 +45,20 @@ def alive(pid: int | None, host: str | None) -> bool | None:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    began = process_start_time(pid)
+    return not (began is not None and started is not None and began > started + 5)
+
+
+def process_start_time(pid: int) -> float | None:
+    """When a process started (Unix time), from /proc; None where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def git_show(root: Path, rev: str, path: str) -> str | None:
@@ -64,7 +77,7 @@ def params_at(root: Path, rev: str) -> dict:
 def from_heartbeat(beat: dict) -> dict:
     """The row fields a heartbeat gives."""
     state = beat.get("status", "running")
-    if state == "running" and alive(beat.get("pid"), beat.get("host")) is False:
+    if state == "running" and alive(beat.get("pid"), beat.get("host"), beat.get("started")) is False:
         state = "crashed"
     validation = beat.get("validation") or {}
     return {
@@ -107,11 +120,11 @@ def last_error_line(log: Path | None) -> str:
     return (ours or dvc or lines or [""])[-1]
 
 
-def queue_rows(root: Path) -> tuple[list[dict], int | None]:
+def queue_rows(root: Path) -> tuple[list[dict], int | None, list[str]]:
     """One row per experiment DVC's queue knows of, and the number of queue workers alive."""
     from dvc.repo import Repo
 
-    rows = []
+    rows, problems = [], []
     with Repo(str(root)) as repo:
         queue = repo.experiments.celery_queue
 
@@ -128,13 +141,13 @@ def queue_rows(root: Path) -> tuple[list[dict], int | None]:
             if beat:
                 r.update(from_heartbeat(beat))
             else:
-                r["note"] = "starting (no heartbeat yet)"
+                r["note"] = f"starting, or waiting for a free GPU (dvc queue logs {r['name']})"
             rows.append(r)
         for entry in queue.iter_queued():
             r = row(entry, "queued")
             r["epoch"] = f"0/{r['epochs']}"
             rows.append(r)
-        for entry, result in queue.iter_done():
+        for entry, result in _done(queue, problems):
             r = row(entry, "failed" if result is None else "finished")
             if result is not None and result.ref_info is not None:
                 r["name"] = result.ref_info.name
@@ -151,7 +164,15 @@ def queue_rows(root: Path) -> tuple[list[dict], int | None]:
             workers = len(queue.worker_status())
         except Exception:  # the broker cannot be asked: say unknown rather than fail
             workers = None
-    return rows, workers
+    return rows, workers, problems
+
+
+def _done(queue, problems: list[str]):
+    """DVC's finished experiments; one it cannot read (e.g. from an older DVC) becomes a note."""
+    try:
+        yield from queue.iter_done()
+    except Exception as error:  # noqa: BLE001 - a status screen shows what it can
+        problems.append(f"DVC could not list every finished experiment: {str(error).strip().splitlines()[0]}")
 
 
 def read_metrics(root: Path, rev: str) -> dict:
@@ -172,12 +193,11 @@ def collect(root: Path | str = ".") -> dict:
     beat = read_json(root / RELATIVE_PATH)
     if beat:
         rows.append({"name": "workspace", **from_heartbeat(beat)})
-    workers = None
+    workers, notes = None, []
     if (root / ".dvc").is_dir() and (root / ".git").exists():
-        queued, workers = queue_rows(root)
+        queued, workers, notes = queue_rows(root)
         rows.extend(queued)
-    notes = []
-    if any(r["state"] == "queued" for r in rows) and not workers:
+    if any(r["state"] == "queued" for r in rows) and workers == 0:
         notes.append("experiments are queued but no queue worker is running: start one with `dvc queue start`")
     return {"root": str(root), "time": time.time(), "runs": rows, "queue_workers": workers, "notes": notes}
 

@@ -12,7 +12,9 @@ train` (CPU, one GPU or many). The loop reads top to bottom:
 
 Determinism on CPU: the sampler's order is a function of (seed, epoch), dropout draws from the
 torch RNG saved in every checkpoint, and a resumed run replays the logged history, so a run
-killed at any point and resumed ends with the same weights and metrics as one never interrupted.
+killed at any point and resumed ends with the same weights and metrics as one never interrupted,
+given the same thread count (`train.threads`; with 0 the count follows the trainings sharing
+the machine, see devices.py).
 """
 
 from __future__ import annotations
@@ -51,13 +53,18 @@ class TrainingDiverged(TrajvidError):
     exit_code = 1  # the run itself failed, not its input
 
 
+# Imported by the training but not what it computes: the status heartbeat (docs/design.md,
+# "Stage dependencies"); editing it must not make checkpoints foreign.
+NOT_COMPUTATION = {"trajvid.heartbeat"}
+
+
 def code_version(backbone: str) -> str:
     """A hash of the code the training runs (train.py, what it imports, the backbone's module:
     what dvc.yaml lists as the stage's deps): a checkpoint written by other code is never resumed,
     even with the same params. Found statically, so every process gets the same answer."""
     module, _, _ = BACKBONES[backbone].partition(":")
     digest = hashlib.sha256()
-    for name in sorted(imported_closure([__name__, module])):
+    for name in sorted(imported_closure([__name__, module]) - NOT_COMPUTATION):
         digest.update(name.encode() + b"\0" + Path(importlib.util.find_spec(name).origin).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -264,7 +271,7 @@ def train_one_epoch(run: Run, epoch: int, bar: tqdm) -> dict:
         if not all_finite(accelerator, loss):  # decided together: a process stopping alone hangs the others
             last = checkpoint.find_latest(run.checkpoints, run.config_id)
             raise TrainingDiverged(
-                f"loss is {loss.item()} at epoch {epoch}, step {step} (in one of the processes); stopped. "
+                f"loss is not finite at epoch {epoch}, step {step} (this process's loss: {loss.item()}); stopped. "
                 f"Last good checkpoint: {last or 'none'}. Try a lower train.learning_rate."
             )
         run.optimizer.zero_grad(set_to_none=True)
