@@ -7,7 +7,7 @@ Each run uses a fresh throw-away git + DVC repository holding this checkout's pi
 with the data generated and committed first (as a user would before queueing), so the timed part
 is the four experiments: training + evaluation, DVC's bookkeeping included. With train.threads 0
 every training takes its share of the cores (devices.py). Prints the wall times, their ratio and
-`trajvid status` timings taken while the queue runs.
+`trajvid status` timings taken while the queue runs and the time of `trajvid report` afterwards.
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ def main() -> None:
             repo = Path(tmp) / f"j{jobs}"
             make_repo(repo, args.samples, args.epochs, env)
             walls[jobs], status_times = run_queue(repo, jobs, env)
+            t = time.perf_counter()
+            sh([sys.executable, "-m", "trajvid", "report"], repo, env)
+            report_s = time.perf_counter() - t
+            print(f"-j {jobs}: trajvid report over the 4 experiments: {report_s:.1f} s", flush=True)
             print(f"-j {jobs}: 4 experiments ({args.samples} samples, {args.epochs} epochs, default sizes) in "
                   f"{walls[jobs]:.0f} s wall; trajvid status took {min(status_times):.2f}-{max(status_times):.2f} s "
                   f"({len(status_times)} calls)", flush=True)
