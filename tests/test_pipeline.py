@@ -133,7 +133,9 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(baseli
 
 
 def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
-    repo = make_repo(tmp_path / "exps", tiny_params(num_samples=40, epochs=1))
+    raw = tiny_params(num_samples=40, epochs=1)
+    raw["train"]["threads"] = 0  # two at once (-j 2) share the cores instead of oversubscribing them
+    repo = make_repo(tmp_path / "exps", raw)
     run(["dvc", "exp", "run", "-n", "exp-magvit", "-S", "model=magvit"], repo)
     for name in ("slowfast", "transformer", "i3d"):
         run(["dvc", "exp", "run", "--queue", "-n", f"exp-{name}", "-S", f"model={name}"], repo)
