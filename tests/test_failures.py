@@ -277,13 +277,19 @@ def env_with_path() -> dict:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
-def test_sigterm_during_generate_leaves_nothing_and_the_rerun_is_clean(tmp_path):
+def generate_until_its_first_shard(tmp_path) -> subprocess.Popen:
+    """`trajvid generate` of 8,000 samples, once its first shard is being written."""
     write_params(tmp_path / "params.yaml", tiny_params(num_samples=8000))
     proc = subprocess.Popen(["trajvid", "generate", "--no-progress"], cwd=tmp_path, env=env_with_path(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list((tmp_path / "data").glob(".trajectories.tmp-*/data/*.arrow")):
         time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_during_generate_leaves_nothing_and_the_rerun_is_clean(tmp_path):
+    proc = generate_until_its_first_shard(tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
@@ -297,12 +303,7 @@ def test_sigterm_during_generate_leaves_nothing_and_the_rerun_is_clean(tmp_path)
 def test_a_killed_generate_leaves_no_worker_behind(tmp_path):
     """SIGKILL gives the parent no chance to clean up: its workers must still end by themselves
     (their pipe closes), or they would render on for nothing and hold the caller's pipes open."""
-    write_params(tmp_path / "params.yaml", tiny_params(num_samples=8000))
-    proc = subprocess.Popen(["trajvid", "generate", "--no-progress"], cwd=tmp_path, env=env_with_path(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list((tmp_path / "data").glob(".trajectories.tmp-*/data/*.arrow")):
-        time.sleep(0.05)
+    proc = generate_until_its_first_shard(tmp_path)
     proc.kill()
     # stdout/stderr reach EOF only once every process holding them (the workers) has exited
     proc.communicate(timeout=30)
