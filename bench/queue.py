@@ -52,7 +52,9 @@ def run_queue(repo: Path, jobs: int, env: dict) -> tuple[float, list[float]]:
     for name in BACKBONES:
         sh(["dvc", "exp", "run", "--queue", "-n", f"{name}-j{jobs}", "-S", f"model={name}"], repo, env)
     start = time.perf_counter()
-    sh(["dvc", "queue", "start", "-j", str(jobs)], repo, env)
+    # not through a pipe: the queue's detached workers would hold it open until the queue is empty
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status_times = []
     while True:
         t = time.perf_counter()
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # dvc of this environment
            "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@trajvid.invalid",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@trajvid.invalid"}
     walls = {}
