@@ -17,16 +17,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import yaml
 
 from trajvid.heartbeat import RELATIVE_PATH
-
-COLUMNS = ("name", "state", "backbone", "seed", "epoch", "eta", "val_accuracy", "val_rmse", "device", "pid", "note")
-
+from trajvid.report import git
 
 def read_json(path: Path) -> dict | None:
     try:
@@ -62,8 +59,7 @@ def process_start_time(pid: int) -> float | None:
 
 
 def git_show(root: Path, rev: str, path: str) -> str | None:
-    result = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
-    return result.stdout if result.returncode == 0 else None
+    return git(root, "show", f"{rev}:{path}")
 
 
 def params_at(root: Path, rev: str) -> dict:
