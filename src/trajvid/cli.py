@@ -48,6 +48,9 @@ def stage(command):
     @functools.wraps(command)
     def run(*args, **kwargs):
         previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        # Installed before the command runs: the DataLoader's destructor can complain while the
+        # interrupt is still unwinding through the training loop, before any handler below runs.
+        sys.unraisablehook = _quiet_about_killed_workers
         try:
             return command(*args, **kwargs)
         except TrajvidError as error:
@@ -58,7 +61,6 @@ def stage(command):
             error = _interrupt_in(raised)
             if error is None:
                 raise
-            sys.unraisablehook = _quiet_about_killed_workers
             name = error.signal_name if isinstance(error, Interrupted) else "SIGINT"
             doing = getattr(error, "while_writing", None)
             where = f"while writing {doing}" if doing else f"during `trajvid {command.__name__}`"
@@ -72,8 +74,10 @@ def stage(command):
 
 
 def _quiet_about_killed_workers(unraisable) -> None:
-    """After an interrupt, torch's DataLoader may complain from a destructor that the same signal
-    killed its workers ("Exception ignored in ..."): that is the interrupt already reported."""
+    """When a signal to the whole process group ends the DataLoader workers, torch's destructor
+    complains that they were killed ("Exception ignored in ..."): that is the interrupt, reported
+    as one line. Only destructor noise is dropped: a worker dying during training still raises
+    in the training loop itself and is reported there."""
     text = str(unraisable.exc_value)
     if isinstance(unraisable.exc_value, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
         return
