@@ -181,6 +181,21 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
     values = [accuracy["exp-i3d"], accuracy["exp-i3d-seed-7"]]
     assert f"{sum(values) / 2:.4f} ± " in i3d[0]
 
+    # `trajvid ensemble` of experiments by name, weighted by their validation RMSE
+    run(["trajvid", "ensemble", "exp-i3d", "exp-slowfast", "--weights", "validation"], repo)
+    members = json.loads((repo / "metrics" / "ensemble.json").read_text())["ensemble"]["members"]
+    inverse = {}
+    for m in members:
+        ref = run(["git", "for-each-ref", "--format=%(refname)", f"refs/exps/*/*/{m['name']}"], repo).stdout.strip()
+        live = json.loads(run(["git", "show", f"{ref}:dvclive/metrics.json"], repo).stdout)
+        inverse[m["name"]] = 1 / live["val"]["position_rmse"] ** 2
+    for m in members:
+        assert m["weight"] == pytest.approx(inverse[m["name"]] / sum(inverse.values()), rel=1e-9), members
+    # seed 7 generated other data (the seed seeds the data too): refused, naming it
+    other = run(["trajvid", "ensemble", "exp-i3d", "exp-i3d-seed-7"], repo, check=False)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "revision 'exp-i3d-seed-7' was trained on other data" in other.stderr, other.stderr
+
 
 def check_report(reports, accuracy: dict) -> None:
     """Every run's accuracy in the table equals its metrics file; the charts are PNGs; the HTML
@@ -219,10 +234,54 @@ def test_branches_compare_with_metrics_diff_and_plots_diff(tmp_path):
     html = (repo / "diff" / "index.html").read_text()
     assert "confusion" in html.lower() or "predicted" in html
 
-    # `trajvid report` of the two branches
+    # `trajvid ensemble` of the two branches, read through DVC without checking either out
+    run(["trajvid", "ensemble", "i3d", "magvit"], repo)
+    result = json.loads((repo / "metrics" / "ensemble.json").read_text())
+    expected = mean_of_outputs(repo, ["i3d", "magvit"])
+    assert [m["name"] for m in result["ensemble"]["members"]] == ["i3d", "magvit"]
+    assert result["test"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert result["test"]["position_rmse"] == pytest.approx(expected["position_rmse"], rel=1e-6)
+    assert result["model"]["params"] == sum(
+        json.loads(run(["git", "show", f"{b}:metrics/metrics.json"], repo).stdout)["model"]["params"] for b in ("i3d", "magvit"))
+
+    # `trajvid report` of the two branches, with the ensemble (of the workspace) as a row
     run(["trajvid", "report", "i3d", "magvit"], repo)
     check_report(repo / "reports", {branch: json.loads(run(["git", "show", f"{branch}:metrics/metrics.json"], repo).stdout)
                                     ["test"]["accuracy"] for branch in ("i3d", "magvit")})
+    md = (repo / "reports" / "comparison.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| ensemble of i3d + magvit"))
+    assert f"| {result['test']['accuracy']:.4f} |" in row, row
+
+    # a model in neither the cache nor a remote: one line naming the revision and `dvc pull`
+    (repo / ".dvc" / "cache").rename(repo / "cache-aside")
+    missing = run(["trajvid", "ensemble", "i3d", "magvit"], repo, check=False)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    assert "revision 'i3d'" in missing.stderr and "dvc pull" in missing.stderr, missing.stderr
+
+
+def mean_of_outputs(repo, branches) -> dict:
+    """Accuracy and next RMSE of the plain mean of the branches' probabilities and positions, each
+    model checked out and run on its own (what `trajvid ensemble` must equal)."""
+    import torch
+
+    from trajvid.data import open_split
+    from trajvid.model_files import load_trained
+
+    probabilities, positions = [], []
+    for branch in branches:
+        run(["git", "checkout", "-q", branch], repo)
+        run(["dvc", "checkout", "-q", "--force"], repo)
+        model, _ = load_trained(repo / "models")
+        test = open_split(repo / "data" / "trajectories", "test")
+        with torch.no_grad():
+            outputs = [model(test[i]["video"][None]) for i in range(len(test))]
+        probabilities.append(torch.cat([logits.softmax(-1) for logits, _ in outputs]).double())
+        positions.append(torch.cat([position for _, position in outputs]).double())
+        labels = torch.tensor([test[i]["label"] for i in range(len(test))])
+        targets = torch.stack([test[i]["positions"][-1] for i in range(len(test))]).double()
+    probs, position = sum(probabilities) / len(branches), sum(positions) / len(branches)
+    return {"accuracy": (probs.argmax(-1) == labels).double().mean().item(),
+            "position_rmse": ((position - targets) ** 2).mean().sqrt().item()}
 
 
 def push_then_pull_into_a_clone(repo, clone, remote_args, local_config=()):

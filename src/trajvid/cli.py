@@ -209,6 +209,26 @@ def report(
                f"({result['runs']} runs in {result['groups']} configurations)")
 
 
+@app.command()
+@stage
+def ensemble(
+    revisions: list[str] = typer.Argument(..., help="Two or more branches, tags, commits or experiment names."),
+    weights: str = typer.Option("equal", help="equal, or validation: proportional to 1 / validation RMSE^2."),
+    data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory (its test split is evaluated)."),
+    out: Path = typer.Option(Path("metrics/ensemble.json"), help="Metrics file to write."),
+    repo: Path = typer.Option(Path("."), "--repo", help="The repository."),
+) -> None:
+    """Average the models of several revisions and evaluate them as one: metrics/ensemble.json."""
+    _claim_gpu()
+    from trajvid.ensemble import ensemble as run
+
+    result = run(repo, revisions, data, out, weights)
+    test, best = result["test"], result["ensemble"]["best_member"]
+    typer.echo(f"ensemble of {len(revisions)} ({weights} weights): test accuracy {test['accuracy']:.4f}, "
+               f"next-position RMSE {test['position_rmse']:.4f} (best member: {best['accuracy']:.4f}, "
+               f"{best['position_rmse']:.4f}); wrote {out}")
+
+
 def main() -> None:  # `python -m trajvid`
     app(prog_name="trajvid")
 

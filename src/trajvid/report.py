@@ -147,6 +147,39 @@ def load_runs(root: Path, names: list[str] | None) -> list[Run]:
     return runs
 
 
+@dataclass
+class Ensemble:
+    """A `trajvid ensemble` result (metrics/ensemble.json) of the workspace or of a revision."""
+
+    source: str  # "workspace" or the revision it was committed in
+    metrics: dict
+
+    @property
+    def label(self) -> str:
+        info = self.metrics["ensemble"]
+        return f"ensemble of {' + '.join(m['name'] for m in info['members'])} ({info['weights']} weights)"
+
+
+def load_ensembles(root: Path, runs: list[Run]) -> list[Ensemble]:
+    """metrics/ensemble.json of the workspace and of every revision reported, each result once."""
+    found, seen = [], set()
+    workspace = root / "metrics" / "ensemble.json"
+    sources = [("workspace", workspace.read_text() if workspace.is_file() else None)]
+    sources += [(run.name, git(root, "show", f"{run.rev}:metrics/ensemble.json")) for run in runs]
+    for source, text in sources:
+        if not text:
+            continue
+        try:
+            metrics = json.loads(text)
+            key = json.dumps([metrics["ensemble"]["members"], metrics["test"]], sort_keys=True)
+        except (ValueError, KeyError, TypeError):
+            continue  # half-written or foreign: the report is about the runs
+        if key not in seen:
+            seen.add(key)
+            found.append(Ensemble(source, metrics))
+    return found
+
+
 def read_baseline(root: Path, runs: list[Run]) -> dict | None:
     for ref in [*(r.rev for r in runs), "HEAD"]:
         text = git(root, "show", f"{ref}:metrics/baseline.json")
@@ -207,7 +240,7 @@ def worst_class(metrics: dict) -> tuple[str, float]:
 # -- charts -------------------------------------------------------------------------------------
 
 
-def make_charts(runs: list[Run], baseline: dict | None, out: Path) -> dict[str, Path]:
+def make_charts(runs: list[Run], baseline: dict | None, out: Path, ensembles: list[Ensemble] = ()) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, no browser
@@ -228,14 +261,16 @@ def make_charts(runs: list[Run], baseline: dict | None, out: Path) -> dict[str, 
     def stats(key):
         return [mean_std([key(r) for r in members]) for _, members in grouped]
 
-    # accuracy and next-position RMSE, with the yardsticks
+    # accuracy and next-position RMSE, with the yardsticks (ensembles hatched, after the runs)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, title in ((left, lambda r: r.metrics["test"]["accuracy"], "test accuracy"),
-                           (right, lambda r: r.metrics["test"]["position_rmse"], "next-position RMSE (world units)")):
-        values = stats(key)
-        ax.bar(range(len(labels)), [v[0] for v in values], yerr=[v[1] for v in values], color=colors[: len(labels)],
-               capsize=4)
-        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    for ax, field_name, title in ((left, "accuracy", "test accuracy"),
+                                  (right, "position_rmse", "next-position RMSE (world units)")):
+        values = stats(lambda r: r.metrics["test"][field_name])
+        ax.bar(range(len(labels)), [v[0] for v in values], yerr=[v[1] for v in values],
+               color=[colors[i % len(colors)] for i in range(len(labels))], capsize=4)
+        ax.bar(range(len(labels), len(labels) + len(ensembles)), [e.metrics["test"][field_name] for e in ensembles],
+               color="0.75", hatch="//", edgecolor="k")
+        ax.set_xticks(range(len(labels) + len(ensembles)), labels + [e.label for e in ensembles], rotation=20, ha="right")
         ax.set_title(title)
     if baseline:
         left.axhline(baseline["test"]["accuracy"], color="k", ls="--", label="classical baseline")
@@ -313,7 +348,7 @@ def _pm(mean: float, std: float, n: int, spec: str) -> str:
     return f"{mean:{spec}} ± {std:{spec}} (n={n})" if n > 1 else f"{mean:{spec}}"
 
 
-def tables(runs: list[Run], baseline: dict | None) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+def tables(runs: list[Run], baseline: dict | None, ensembles: list[Ensemble] = ()) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     run_header = ["run", "revision", "backbone", "head", "seed", "samples", "epochs", "device", "accuracy",
                   "worst class", "next RMSE", "params", "model MB", "train min", "samples/s"]
     run_rows = []
@@ -337,6 +372,11 @@ def tables(runs: list[Run], baseline: dict | None) -> tuple[list[str], list[list
             _pm(*mean_std([worst_class(m.metrics)[1] for m in members]), ".3f"),
             _pm(*mean_std([m.metrics["test"]["position_rmse"] for m in members]), ".4f"),
         ])
+    for e in ensembles:
+        members = e.metrics["ensemble"]["members"]
+        group_rows.append([e.label + ("" if e.source == "workspace" else f" [{e.source}]"), str(len(members)),
+                           ", ".join(str(m["seed"]) for m in members), _fmt(e.metrics["test"]["accuracy"], ".4f"),
+                           _fmt(worst_class(e.metrics)[1], ".3f"), _fmt(e.metrics["test"]["position_rmse"], ".4f")])
     if baseline:
         group_rows.append(["classical baseline (triangulate + fit)", "-", "-", _fmt(baseline["test"]["accuracy"], ".4f"),
                            _fmt(worst_class(baseline)[1], ".3f"), _fmt(baseline["test"]["position_rmse"], ".4f")])
@@ -373,9 +413,16 @@ def report(root: Path | str = ".", revisions: list[str] | None = None, out: Path
     runs, repeats = drop_repeats(load_runs(root, revisions))
     baseline = read_baseline(root, runs)
     out.mkdir(parents=True, exist_ok=True)
-    charts = make_charts(runs, baseline, out)
-    run_header, run_rows, group_header, group_rows = tables(runs, baseline)
+    ensembles = load_ensembles(root, runs)
+    charts = make_charts(runs, baseline, out, ensembles)
+    run_header, run_rows, group_header, group_rows = tables(runs, baseline, ensembles)
     note = reduced_note(runs)
+    for e in ensembles:
+        beats = e.metrics["ensemble"]["beats_best_member"]
+        verdict = {True: "beats", False: "does not beat"}
+        note = (note + " " if note else "") + (
+            f"The {e.label} {verdict[beats['accuracy']]} its best member on accuracy and "
+            f"{verdict[beats['position_rmse']]} it on next RMSE.")
     if repeats:
         note = (note + " " if note else "") + f"Left out as repeats: {', '.join(repeats)}."
     intro = ("Test split figures from `metrics/metrics.json` of each revision; accuracy over the four classes; next RMSE "
