@@ -252,6 +252,12 @@ def test_branches_compare_with_metrics_diff_and_plots_diff(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| ensemble of i3d + magvit"))
     assert f"| {result['test']['accuracy']:.4f} |" in row, row
 
+    # `trajvid explain --rev`: a branch's model, read the same way
+    explained = run(["trajvid", "explain", "--rev", "magvit", "--sample", "1", "--out", "explained"], repo)
+    assert "predicted" in explained.stdout
+    figures = json.loads((repo / "explained" / "magvit-magvit-test-00001.json").read_text())
+    assert figures["revision"] == "magvit" and "attention rollout" in figures["shares"]
+
     # a model in neither the cache nor a remote: one line naming the revision and `dvc pull`
     (repo / ".dvc" / "cache").rename(repo / "cache-aside")
     missing = run(["trajvid", "ensemble", "i3d", "magvit"], repo, check=False)

@@ -229,6 +229,39 @@ def ensemble(
                f"{best['position_rmse']:.4f}); wrote {out}")
 
 
+@app.command()
+@stage
+def explain(
+    sample: list[int] = typer.Option([0], "--sample", help="Index of a sample in the split (repeat for several)."),
+    split: str = typer.Option("test", help="train, validation or test."),
+    rev: str = typer.Option(None, "--rev", help="Explain the model of this branch, tag, commit or experiment "
+                                               "[default: the workspace's models/]."),
+    data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory."),
+    model: Path = typer.Option(Path("models"), help="Trained model directory (without --rev)."),
+    out: Path = typer.Option(Path("reports/explain"), help="Output directory."),
+    repo: Path = typer.Option(Path("."), "--repo", help="The repository (with --rev)."),
+) -> None:
+    """Saliency maps (and attention rollout) of a trained model on a sample: PNG grid, GIF, JSON."""
+    from trajvid.devices import set_threads
+    from trajvid.explain import explain as run
+
+    set_threads(0)  # this process's share of the cores, beside any running training
+    if rev is None:
+        from trajvid.model_files import load_trained
+
+        trained, config = load_trained(model)
+    else:
+        from trajvid.revisions import load_trained_at
+
+        member = load_trained_at(repo.resolve(), rev)
+        trained, config = member.model, member.config
+    for result in run(trained, config, data, split, sample, out, rev or "workspace"):
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in result["shares"].items())
+        typer.echo(f"{result['files'][0]} (+ .gif, .json): {split} sample {result['index']}, true "
+                   f"{result['true_class']}, predicted {result['predicted_class']}; within {result['share_within_px']:g} "
+                   f"px of the sphere: {shares} (area {result['chance_share']:.1%}); {result['seconds']:.1f} s")
+
+
 def main() -> None:  # `python -m trajvid`
     app(prog_name="trajvid")
 

@@ -1,11 +1,10 @@
 """`trajvid ensemble REV [REV ...]`: several trained models as one, on the test split.
 
 Each member is the `models/` of a git revision (branch, tag, commit) or of a DVC experiment, read
-through DVC's Python API (`DVCFileSystem` at that revision: from the local cache, or from the DVC
-remote when the cache lacks it) without checking anything out. Members must have been trained on
-the dataset evaluated here: a dataset's fingerprint is the SHA-256 of its `SHA256SUMS` (which
-lists the SHA-256 of every shard, `generate.py`), read at each member's revision and compared
-with the local `data/trajectories`, whose shards `open_split` checks against it.
+without checking anything out (`revisions.py`: DVC's `DVCFileSystem`, local cache or remote).
+Members must have been trained on the dataset evaluated here: each revision's dataset fingerprint
+(the SHA-256 of its `SHA256SUMS`) must equal the local `data/trajectories`'s, whose shards
+`open_split` checks against it.
 
 The ensemble averages the members' class probabilities and their next positions, with equal
 weights or (`--weights validation`) weights proportional to 1 / (validation next-position RMSE)^2,
@@ -19,109 +18,24 @@ ensemble beats the best member. `trajvid report` shows it as a row.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from trajvid.errors import TrajvidError, first_line
+from trajvid.errors import TrajvidError
 from trajvid.files import write_json, writing
+from trajvid.revisions import TrainedAt, load_trained_at, local_data_fingerprint
 
-MODEL_FILES = ("models/config.json", "models/model.safetensors")
-SUMS = "data/trajectories/SHA256SUMS"
 WEIGHTINGS = ("equal", "validation")
 
 
 class EnsembleError(TrajvidError):
-    """A member that cannot be found, fetched or combined."""
+    """Members that cannot be combined."""
 
 
-@dataclass
-class Member:
-    name: str  # as given: branch, tag, commit or experiment name
-    commit: str
-    model: torch.nn.Module
-    config: dict
-    model_bytes: int
-    data_fingerprint: str
-    val_position_rmse: float | None
-    weight: float = 0.0
-
-
-def data_fingerprint(sums: bytes) -> str:
-    return hashlib.sha256(sums).hexdigest()
-
-
-def _fetch_hint(name: str, root: Path) -> str:
-    from trajvid.report import resolve
-
-    ref = resolve(root, name) or ""
-    if ref.startswith("refs/exps/"):
-        return f"fetch it with `dvc exp pull <git remote> {name}` (experiment) or `dvc pull` at that revision"
-    return f"fetch it with `dvc fetch --all-branches` (or `git checkout {name} && dvc pull`)"
-
-
-def _trained_in_lock(lock_text: str | None) -> bool:
-    import yaml
-
-    try:
-        outs = yaml.safe_load(lock_text or "")["stages"]["train"]["outs"]
-        return any(o.get("path") == MODEL_FILES[1] and o.get("md5") for o in outs)
-    except (yaml.YAMLError, TypeError, KeyError, AttributeError):
-        return False
-
-
-def load_member(root: Path, name: str) -> Member:
-    """The trained model of revision `name`, its data fingerprint and validation figure."""
-    from dvc.api import DVCFileSystem
-
-    from trajvid.model_files import ModelFileError, load_trained
-    from trajvid.report import git, resolve
-
-    ref = resolve(root, name)
-    if ref is None:
-        raise EnsembleError(f"revision {name!r} is neither a branch, tag, commit nor DVC experiment of {root}; "
-                            "see `git branch -a` and `dvc exp list --all-commits` (`dvc exp pull` fetches one)")
-    commit = (git(root, "rev-parse", f"{ref}^{{commit}}") or "").strip()
-    if not _trained_in_lock(git(root, "show", f"{commit}:dvc.lock")):
-        raise EnsembleError(f"revision {name!r} has no trained model (its dvc.lock records no output of the train "
-                            "stage): train it first (`dvc repro` or `dvc exp run` there)")
-    fs = DVCFileSystem(str(root), rev=commit)
-    with tempfile.TemporaryDirectory(prefix="trajvid-ensemble-") as tmp:
-        for path in MODEL_FILES:
-            if not fs.exists(path):
-                raise EnsembleError(f"revision {name!r} has no {path}: train it first (`dvc repro` or `dvc exp run` there)")
-            try:
-                (Path(tmp) / Path(path).name).write_bytes(fs.read_bytes(path))
-            except Exception as error:  # DVC reports a missing cache object in several ways
-                raise EnsembleError(f"revision {name!r}: {path} is in neither the local DVC cache nor the DVC remote "
-                                    f"({first_line(error)}); {_fetch_hint(name, root)}") from None
-        try:
-            model, config = load_trained(tmp)
-        except ModelFileError as error:
-            raise EnsembleError(f"revision {name!r}: {error}") from None
-        model_bytes = (Path(tmp) / "model.safetensors").stat().st_size
-    try:
-        sums = fs.read_bytes(SUMS)
-    except Exception as error:
-        raise EnsembleError(f"revision {name!r}: cannot read its dataset's {SUMS} ({first_line(error)}), so which data "
-                            f"it was trained on is unknown; {_fetch_hint(name, root)}") from None
-    val_rmse = None
-    live = git(root, "show", f"{commit}:dvclive/metrics.json")
-    if live:
-        try:
-            val_rmse = float(json.loads(live)["val"]["position_rmse"])
-        except (ValueError, KeyError, TypeError):
-            val_rmse = None
-    return Member(name, commit, model, config, model_bytes, data_fingerprint(sums), val_rmse)
-
-
-def set_weights(members: list[Member], weighting: str) -> None:
+def member_weights(members: list[TrainedAt], weighting: str) -> list[float]:
     if weighting not in WEIGHTINGS:
         raise EnsembleError(f"--weights {weighting!r} is not one of: {', '.join(WEIGHTINGS)}")
     if weighting == "equal":
@@ -132,12 +46,11 @@ def set_weights(members: list[Member], weighting: str) -> None:
             raise EnsembleError(f"--weights validation needs each member's dvclive/metrics.json with val.position_rmse; "
                                 f"{', '.join(missing)} has none (use --weights equal)")
         raw = [1.0 / m.val_position_rmse ** 2 for m in members]
-    for member, w in zip(members, raw):
-        member.weight = w / sum(raw)
+    return [w / sum(raw) for w in raw]
 
 
 @torch.no_grad()
-def member_outputs(members: list[Member], dataset, batch_size: int = 32, num_workers: int = 2):
+def member_outputs(members: list[TrainedAt], dataset, batch_size: int = 32, num_workers: int = 2):
     """Per member: class probabilities (N, 4) and next positions (N, 3); and the labels and true
     next positions (N,), (N, 3), from one pass over the data."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -187,22 +100,21 @@ def ensemble(root: Path | str = ".", revisions: list[str] = (), data_dir: Path |
         raise EnsembleError(f"--weights {weighting!r} is not one of: {', '.join(WEIGHTINGS)}")
     data_dir = Path(data_dir) if Path(data_dir).is_absolute() else root / data_dir
     test_split = open_split(data_dir, "test")  # checks the shards against SHA256SUMS
-    local = data_fingerprint((data_dir / "SHA256SUMS").read_bytes())
-    members = [load_member(root, name) for name in revisions]
+    local = local_data_fingerprint(data_dir)
+    members = [load_trained_at(root, name) for name in revisions]
     for m in members:
         if m.data_fingerprint != local:
             raise EnsembleError(f"revision {m.name!r} was trained on other data (dataset fingerprint "
                                 f"{m.data_fingerprint[:12]}) than {data_dir} ({local[:12]}); an ensemble combines "
                                 "models of one dataset: choose members trained on it, or check out their data")
-    set_weights(members, weighting)
+    weights = member_weights(members, weighting)
     probabilities, positions, labels, targets = member_outputs(members, test_split, num_workers=num_workers)
-    weights = [m.weight for m in members]
     test = figures(*combine(probabilities, positions, weights), labels, targets)
     rows = []
-    for m, p, x in zip(members, probabilities, positions):
+    for m, w, p, x in zip(members, weights, probabilities, positions):
         own = figures(p.double(), x.double(), labels, targets)
         rows.append({"name": m.name, "rev": m.commit, "backbone": m.config["backbone"], "head": m.config["head"]["type"],
-                     "seed": m.config.get("seed"), "weight": m.weight, "val_position_rmse": m.val_position_rmse,
+                     "seed": m.config.get("seed"), "weight": w, "val_position_rmse": m.val_position_rmse,
                      "test_accuracy": own["accuracy"], "test_position_rmse": own["position_rmse"]})
     best_accuracy = max(r["test_accuracy"] for r in rows)
     best_rmse = min(r["test_position_rmse"] for r in rows)

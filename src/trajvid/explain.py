@@ -1,0 +1,285 @@
+"""`trajvid explain`: where a trained model's decisions come from, per camera and frame.
+
+For one sample of a split, three maps over the input video (camera, frame, height, width):
+- class saliency: |d logit of the predicted class / d pixel|, summed over the colour channels;
+- position saliency: sum over x, y, z of |d predicted next position / d pixel|;
+- attention rollout (backbones with a token encoder: transformer, MagVIT): how much the pooled
+  token draws on each space-time token through the residual attention of every block (Abnar &
+  Zuidema 2020: each layer's head-averaged attention A becomes (A + I) / 2, rows renormalised, the
+  layers multiplied). Cameras are fused into channels before tokenisation, so a token covers the
+  same pixels of every camera and the rollout is one map shown on each camera's row.
+
+Figures: the share of each map within 3 px of the sphere's projected centre (from the sample's
+true positions and the dataset's cameras), next to the share of the image that area covers.
+
+Writes <out>/<name>.png (per map, a grid of cameras × frames, frames dimmed under the map, the
+projected centre marked in green), <name>.gif (the 32 frames, cameras side by side, a row per
+map) and <name>.json (the figures), with the true and predicted class and position in the caption.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trajvid.errors import TrajvidError
+from trajvid.files import atomic_write, write_json
+
+NEAR_PX = 3.0  # "on the sphere": within this distance of its projected centre (the sphere's radius is ~2-4 px)
+CAPTION_PX = 30
+LABEL_PX = 14
+GIF_SCALE = 2
+
+
+class ExplainError(TrajvidError):
+    """A sample or split that does not exist."""
+
+
+# -- the maps -------------------------------------------------------------------------------------
+
+
+def saliency(model, video: torch.Tensor) -> dict:
+    """Gradient maps of one video (V, T, 3, H, W) uint8: "class" and "position", each (V, T, H, W),
+    and the model's outputs."""
+    x = video.float()[None].requires_grad_(True)  # the pixels, as the model reads them
+    logits, position = model(x)
+    predicted = int(logits[0].argmax())
+    (class_grad,) = torch.autograd.grad(logits[0, predicted], x, retain_graph=True)
+    position_map = torch.zeros_like(x[0, :, :, 0])
+    for k in range(3):
+        (grad,) = torch.autograd.grad(position[0, k], x, retain_graph=k < 2)
+        position_map += grad[0].abs().sum(2)
+    return {
+        "class": class_grad[0].abs().sum(2),
+        "position": position_map,
+        "probabilities": logits[0].detach().float().softmax(-1),
+        "next_position": position[0].detach().float(),
+    }
+
+
+def _token_encoder(model):
+    from trajvid.layers import TokenEncoder
+
+    return next((m for m in model.backbone.modules() if isinstance(m, TokenEncoder)), None)
+
+
+def attention_probabilities(module, x: torch.Tensor) -> torch.Tensor:
+    """The attention probabilities (B, heads, N, N) of a `layers.SelfAttention` on its input x
+    (B, N, D), recomputed from its weights as its forward's scaled dot product computes them."""
+    B, N, D = x.shape
+    q, k, _ = module.qkv(x).view(B, N, 3, module.heads, D // module.heads).permute(2, 0, 3, 1, 4)
+    return (q @ k.transpose(-1, -2) * (D // module.heads) ** -0.5).softmax(-1)
+
+
+def _with_residual(a: torch.Tensor) -> torch.Tensor:
+    a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
+    return a / a.sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def attention_rollout(model, video: torch.Tensor) -> torch.Tensor | None:
+    """Rollout of the token encoder's attention for one video, upsampled to (T, H, W); None for a
+    backbone without a token encoder."""
+    encoder = _token_encoder(model)
+    if encoder is None:
+        return None
+    records = []
+    hooks = []
+    for block in encoder.blocks:
+        for kind, module in (("time", block.attn_time), ("space" if block.divided else "joint", block.attn)):
+            if module is not None:
+                hooks.append(module.register_forward_hook(
+                    lambda mod, args, _out, kind=kind: records.append((kind, attention_probabilities(mod, args[0]).mean(1).double()))))
+    try:
+        model(video[None])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    T, S = encoder.grid
+    n_cls = encoder.cls.shape[1]
+    N = n_cls + T * S
+    rollout = torch.eye(N, dtype=torch.float64)
+    for kind, a in records:
+        full = torch.zeros(N, N, dtype=torch.float64)
+        if kind == "joint":  # (1, N, N): the CLS token first, then the tokens time-major
+            full = a[0]
+        elif kind == "time":  # (S, T, T): the tokens of one spatial patch over time; CLS untouched
+            index = n_cls + torch.arange(T)[:, None] * S + torch.arange(S)[None, :]  # (T, S)
+            for s in range(S):
+                full[index[:, s][:, None], index[:, s][None, :]] = a[s]
+            full[:n_cls, :n_cls] = torch.eye(n_cls, dtype=torch.float64)
+        else:  # "space", (T, n_cls + S, n_cls + S): one sequence per time step; CLS averaged over them
+            for t in range(T):
+                cells = n_cls + t * S + torch.arange(S)
+                full[cells[:, None], cells[None, :]] = a[t, n_cls:, n_cls:]
+                if n_cls:
+                    full[cells, 0] = a[t, n_cls:, 0]
+                    full[0, cells] = a[t, 0, n_cls:] / T
+                    full[0, 0] += a[t, 0, 0] / T
+        rollout = _with_residual(full) @ rollout
+    weights = rollout[0, n_cls:] if n_cls else rollout[:, n_cls:].mean(0)  # what the pooled token draws on
+    weights = weights / weights.sum()  # over the space-time tokens (the CLS token's share of itself left out)
+    st, sh, sw = model.backbone.grid_stride
+    frames, height, width = video.shape[1], video.shape[3], video.shape[4]
+    grid = weights.view(T, height // sh, width // sw).float()
+    return grid.repeat_interleave(st, 0).repeat_interleave(sh, 1).repeat_interleave(sw, 2)[:frames]
+
+
+def share_near(maps: torch.Tensor, centres: torch.Tensor, radius: float = NEAR_PX) -> tuple[float, float]:
+    """The share of maps (V, T, H, W) within `radius` px of centres (V, T, 2) (u, v in pixels, pixel
+    (0, 0)'s centre at (0.5, 0.5)), and the share of the image that area covers (chance)."""
+    V, T, H, W = maps.shape
+    v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    du = u[None, None] - centres[..., 0, None, None]
+    dv = v[None, None] - centres[..., 1, None, None]
+    near = (du ** 2 + dv ** 2 <= radius ** 2).float()
+    total = maps.sum()
+    return float((maps * near).sum() / total) if total > 0 else float("nan"), float(near.mean())
+
+
+# -- the images -----------------------------------------------------------------------------------
+
+
+def _overlay(frames: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """RGB frames (..., H, W, 3) uint8 dimmed under a heat map (..., H, W) in [0, 1] (inferno)."""
+    from matplotlib import colormaps
+
+    coloured = colormaps["inferno"](heat)[..., :3]
+    return (0.4 * frames / 255.0 + 0.6 * coloured).clip(0, 1)
+
+
+def _mark(images: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """A green pixel at each projected sphere centre: images (V, T, H, W, 3), centres (V, T, 2)."""
+    images = images.copy()
+    V, T, H, W, _ = images.shape
+    for c in range(V):
+        for t in range(T):
+            col, row = int(centres[c, t, 0]), int(centres[c, t, 1])
+            if 0 <= row < H and 0 <= col < W:
+                images[c, t, row, col] = (0.0, 1.0, 0.0)
+    return images
+
+
+def _normalise(values: torch.Tensor) -> np.ndarray:
+    """To [0, 1] by the 99.5th percentile of the whole video, so frames and cameras compare."""
+    values = values.float()
+    top = torch.quantile(values.flatten()[:: max(1, values.numel() // 1_000_000)], 0.995)
+    return (values / top.clamp_min(1e-12)).clamp(0, 1).numpy()
+
+
+def _text(image, xy, text: str) -> None:
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(image).text(xy, text, fill=(255, 255, 255))
+
+
+def render(video: torch.Tensor, maps: dict[str, torch.Tensor], centres: np.ndarray, caption: list[str]):
+    """The PNG grid and the GIF frames (PIL images) of one sample."""
+    from PIL import Image
+
+    V, T, _, H, W = video.shape
+    frames = video.permute(0, 1, 3, 4, 2).numpy()  # (V, T, H, W, 3)
+    panels = {name: _mark(_overlay(frames, _normalise(m)), centres) for name, m in maps.items()}  # (V, T, H, W, 3)
+
+    width = T * W
+    height = CAPTION_PX + len(panels) * (LABEL_PX + V * H)
+    grid = Image.new("RGB", (width, height))
+    for i, line in enumerate(caption):
+        _text(grid, (4, 2 + 13 * i), line)
+    top = CAPTION_PX
+    for name, panel in panels.items():
+        _text(grid, (4, top + 1), f"{name} (rows: cameras 0-{V - 1}; columns: frames 0-{T - 1})")
+        tiles = (panel.transpose(0, 2, 1, 3, 4).reshape(V * H, T * W, 3) * 255).round().astype(np.uint8)
+        grid.paste(Image.fromarray(tiles), (0, top + LABEL_PX))
+        top += LABEL_PX + V * H
+
+    s = GIF_SCALE
+    gif_frames = []
+    rows = [("video", (frames / 255.0).astype(np.float64))] + list(panels.items())
+    for t in range(T):
+        image = Image.new("RGB", (V * W * s, CAPTION_PX + len(rows) * (LABEL_PX + H * s)))
+        _text(image, (4, 2), caption[0][: 90])
+        _text(image, (4, 15), f"frame {t}")
+        top = CAPTION_PX
+        for name, panel in rows:
+            _text(image, (4, top + 1), name)
+            strip = (panel[:, t].transpose(1, 0, 2, 3).reshape(H, V * W, 3) * 255).round().astype(np.uint8)
+            image.paste(Image.fromarray(strip).resize((V * W * s, H * s), Image.NEAREST), (0, top + LABEL_PX))
+            top += LABEL_PX + H * s
+        gif_frames.append(image)
+    return grid, gif_frames
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def explain(model, config: dict, data_dir: Path | str, split: str, indices: list[int], out: Path | str,
+            label: str = "workspace") -> list[dict]:
+    """Explain samples `indices` of `split`; returns one figures dict per sample (also written)."""
+    from trajvid.data import SPLITS, open_split
+    from trajvid.geometry import project, projection_matrices
+    from trajvid.scene import CLASS_NAMES
+
+    if split not in SPLITS:
+        raise ExplainError(f"--split {split!r} is not allowed: use one of {', '.join(SPLITS)}")
+    dataset = open_split(data_dir, split)
+    for index in indices:
+        if not 0 <= index < len(dataset):
+            raise ExplainError(f"--sample {index} is not allowed: the {split} split has {len(dataset)} samples "
+                               f"(0 to {len(dataset) - 1})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    projection = projection_matrices(config["input"]["cameras"])
+    backbone = config["backbone"]
+    results = []
+    for index in indices:
+        started = time.perf_counter()
+        sample = dataset[index]
+        video, positions = sample["video"], sample["positions"]
+        grads = saliency(model, video)
+        maps = {"class saliency": grads["class"], "position saliency": grads["position"]}
+        rollout = attention_rollout(model, video)
+        if rollout is not None:
+            maps["attention rollout"] = rollout[None].expand(video.shape[0], -1, -1, -1)
+        centres = project(positions[None, :-1].double(), projection)[0]  # (V, T, 2)
+        shares, chance = {}, None
+        for name, m in maps.items():
+            shares[name], chance = share_near(m, centres)
+        probabilities = grads["probabilities"]
+        predicted = int(probabilities.argmax())
+        truth = CLASS_NAMES[int(sample["label"])]
+        true_next, predicted_next = positions[-1].tolist(), grads["next_position"].tolist()
+        fmt = lambda p: "(" + ", ".join(f"{v:+.3f}" for v in p) + ")"  # noqa: E731
+        caption = [
+            f"{backbone} [{label}] {split} sample {index} (id {int(sample['sample_id'])}): true {truth}, "
+            f"predicted {CLASS_NAMES[predicted]} (p={float(probabilities[predicted]):.2f})",
+            f"next position: true {fmt(true_next)}, predicted {fmt(predicted_next)}; share within {NEAR_PX:g} px of "
+            "the sphere: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + f" (area {chance:.1%})",
+        ]
+        grid, gif_frames = render(video, maps, centres.numpy(), caption)
+        name = f"{backbone}-{split}-{index:05d}" if label == "workspace" else f"{label}-{backbone}-{split}-{index:05d}"
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        atomic_write(out / f"{name}.png", lambda tmp: grid.save(tmp, format="PNG"))
+
+        def save_gif(tmp: Path) -> None:
+            buffer = io.BytesIO()
+            gif_frames[0].save(buffer, format="GIF", save_all=True, append_images=gif_frames[1:], duration=150, loop=0)
+            tmp.write_bytes(buffer.getvalue())
+
+        atomic_write(out / f"{name}.gif", save_gif)
+        result = {
+            "backbone": backbone, "revision": label, "split": split, "index": index,
+            "sample_id": int(sample["sample_id"]), "true_class": truth, "predicted_class": CLASS_NAMES[predicted],
+            "probability": float(probabilities[predicted]), "true_next": true_next, "predicted_next": predicted_next,
+            "share_within_px": NEAR_PX, "shares": shares, "chance_share": chance,
+            "seconds": time.perf_counter() - started,
+            "files": [str(out / f"{name}.png"), str(out / f"{name}.gif")],
+        }
+        write_json(out / f"{name}.json", result)
+        results.append(result)
+    return results

@@ -1,0 +1,107 @@
+"""The trained model of any git revision or DVC experiment, read without checking anything out.
+
+`trajvid ensemble` and `trajvid explain --rev` use it. A revision is a branch, tag, commit or DVC
+experiment name (`report.resolve`); its `models/` is read through DVC's Python API
+(`DVCFileSystem` at that commit: from the local cache, or from the DVC remote when the cache
+lacks it). Which dataset the model was trained on is identified by the SHA-256 of the dataset's
+`SHA256SUMS` at that revision (it lists the SHA-256 of every shard, `generate.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trajvid.errors import TrajvidError, first_line
+
+MODEL_FILES = ("models/config.json", "models/model.safetensors")
+SUMS = "data/trajectories/SHA256SUMS"
+
+
+class RevisionError(TrajvidError):
+    """A revision that does not exist, has no trained model, or whose files cannot be fetched."""
+
+
+@dataclass
+class TrainedAt:
+    name: str  # as given: branch, tag, commit or experiment name
+    commit: str
+    model: torch.nn.Module  # in eval mode
+    config: dict  # models/config.json
+    model_bytes: int
+    data_fingerprint: str
+    val_position_rmse: float | None  # the last epoch's, from dvclive/metrics.json (None if absent)
+
+
+def data_fingerprint(sums: bytes) -> str:
+    return hashlib.sha256(sums).hexdigest()
+
+
+def local_data_fingerprint(data_dir: Path) -> str:
+    return data_fingerprint((Path(data_dir) / "SHA256SUMS").read_bytes())
+
+
+def _fetch_hint(name: str, ref: str) -> str:
+    if ref.startswith("refs/exps/"):
+        return f"fetch it with `dvc exp pull <git remote> {name}` (it brings the experiment's DVC outputs too)"
+    return f"fetch it with `dvc fetch --all-branches` (or `git checkout {name} && dvc pull`)"
+
+
+def _trained_in_lock(lock_text: str | None) -> bool:
+    import yaml
+
+    try:
+        outs = yaml.safe_load(lock_text or "")["stages"]["train"]["outs"]
+        return any(o.get("path") == MODEL_FILES[1] and o.get("md5") for o in outs)
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return False
+
+
+def load_trained_at(root: Path, name: str) -> TrainedAt:
+    """The trained model of revision `name` of the repository at `root`; a revision that does not
+    exist, has no trained model or whose files are in neither the cache nor the remote raises
+    RevisionError naming it and the command that fetches it."""
+    from dvc.api import DVCFileSystem
+
+    from trajvid.model_files import WEIGHTS, ModelFileError, load_trained
+    from trajvid.report import git, resolve
+
+    ref = resolve(root, name)
+    if ref is None:
+        raise RevisionError(f"revision {name!r} is neither a branch, tag, commit nor DVC experiment of {root}; "
+                            "see `git branch -a` and `dvc exp list --all-commits` (`dvc exp pull` fetches one)")
+    commit = (git(root, "rev-parse", f"{ref}^{{commit}}") or "").strip()
+    if not _trained_in_lock(git(root, "show", f"{commit}:dvc.lock")):
+        raise RevisionError(f"revision {name!r} has no trained model (its dvc.lock records no output of the train "
+                            "stage): train it first (`dvc repro` or `dvc exp run` there)")
+    fs = DVCFileSystem(str(root), rev=commit)
+    with tempfile.TemporaryDirectory(prefix="trajvid-revision-") as tmp:
+        for path in MODEL_FILES:
+            try:
+                (Path(tmp) / Path(path).name).write_bytes(fs.read_bytes(path))
+            except Exception as error:  # DVC reports a missing cache object in several ways
+                raise RevisionError(f"revision {name!r}: {path} is in neither the local DVC cache nor the DVC remote "
+                                    f"({first_line(error)}); {_fetch_hint(name, ref)}") from None
+        try:
+            model, config = load_trained(tmp)
+        except ModelFileError as error:
+            raise RevisionError(f"revision {name!r}: {error}") from None
+        model_bytes = (Path(tmp) / WEIGHTS).stat().st_size
+    try:
+        sums = fs.read_bytes(SUMS)
+    except Exception as error:
+        raise RevisionError(f"revision {name!r}: cannot read its dataset's {SUMS} ({first_line(error)}), so which data "
+                            f"it was trained on is unknown; {_fetch_hint(name, ref)}") from None
+    val_rmse = None
+    live = git(root, "show", f"{commit}:dvclive/metrics.json")
+    if live:
+        try:
+            val_rmse = float(json.loads(live)["val"]["position_rmse"])
+        except (ValueError, KeyError, TypeError):
+            val_rmse = None
+    return TrainedAt(name, commit, model, config, model_bytes, data_fingerprint(sums), val_rmse)
