@@ -92,3 +92,27 @@ def test_a_half_written_heartbeat_is_read_as_absent(tmp_path):
     (tmp_path / RELATIVE_PATH).parent.mkdir()
     (tmp_path / RELATIVE_PATH).write_text('{"backbone": "i3d", "sta')
     assert status(tmp_path)["runs"] == []
+
+
+def test_queue_workers_are_counted_per_repository_from_proc(tmp_path):
+    """A process that looks like DVC's queue worker (`... queue-worker dvc-exp-<hash>-1@localhost`)
+    counts for the repository it runs in and for no other."""
+    import sys
+
+    from trajvid.status import queue_workers
+
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    ours.mkdir()
+    other.mkdir()
+    assert queue_workers(ours) == 0
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "exp", "queue-worker",
+                               "dvc-exp-0a1b2c-1@localhost", "--clean"], cwd=ours)
+    try:
+        deadline = time.time() + 10
+        while queue_workers(ours) != 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert queue_workers(ours) == 1 and queue_workers(other) == 0
+    finally:
+        worker.kill()
+        worker.wait()
+    assert queue_workers(ours) == 0

@@ -156,11 +156,36 @@ def queue_rows(root: Path) -> tuple[list[dict], int | None, list[str]]:
                     log = None
                 r["note"] = f"{last_error_line(log)}  (log: dvc queue logs {r['name']})".strip()
             rows.append(r)
-        try:
-            workers = len(queue.worker_status())
-        except Exception:  # the broker cannot be asked: say unknown rather than fail
-            workers = None
+        workers = queue_workers(root)
+        if workers is None:  # no /proc: ask the workers through the broker (a 2 s broadcast)
+            try:
+                workers = len(queue.worker_status())
+            except Exception:  # the broker cannot be asked: say unknown rather than fail
+                workers = None
     return rows, workers, problems
+
+
+def queue_workers(root: Path) -> int | None:
+    """The DVC queue workers (`dvc exp queue-worker dvc-exp-...`) running in this repository, read
+    from /proc; None where there is no /proc. DVC's own `worker_status()` broadcasts to the
+    workers and waits a fixed 2 s for replies, which alone would exceed the status screen's budget."""
+    proc = Path("/proc")
+    if not (proc / "self" / "cmdline").exists():
+        return None
+    root = Path(root).resolve()
+    count = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"queue-worker" not in args or not any(a.startswith(b"dvc-exp-") for a in args):
+                continue
+            if Path(os.readlink(entry / "cwd")).resolve() == root:
+                count += 1
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return count
 
 
 def _done(queue, problems: list[str]):
