@@ -7,7 +7,8 @@ Each run uses a fresh throw-away git + DVC repository holding this checkout's pi
 with the data generated and committed first (as a user would before queueing), so the timed part
 is the four experiments: training + evaluation, DVC's bookkeeping included. With train.threads 0
 every training takes its share of the cores (devices.py). Prints the wall times, their ratio and
-`trajvid status` timings taken while the queue runs and the time of `trajvid report` afterwards.
+`trajvid status` timings taken while the queue runs and the time of `trajvid report` afterwards
+(over 4 experiments, then over 8 after four more with another learning rate).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def make_repo(path: Path, samples: int, epochs: int, env: dict) -> None:
         sh(cmd, path, env)
 
 
-def run_queue(repo: Path, jobs: int, env: dict) -> tuple[float, list[float]]:
+def run_queue(repo: Path, jobs: int, env: dict, suffix: str = "", extra: list[str] = ()) -> tuple[float, list[float]]:
     for name in BACKBONES:
-        sh(["dvc", "exp", "run", "--queue", "-n", f"{name}-j{jobs}", "-S", f"model={name}"], repo, env)
+        sh(["dvc", "exp", "run", "--queue", "-n", f"{name}-j{jobs}{suffix}", "-S", f"model={name}", *extra], repo, env)
     start = time.perf_counter()
     # not through a pipe: the queue's detached workers would hold it open until the queue is empty
     subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=env, check=True,
@@ -92,6 +93,11 @@ def main() -> None:
             print(f"-j {jobs}: 4 experiments ({args.samples} samples, {args.epochs} epochs, default sizes) in "
                   f"{walls[jobs]:.0f} s wall; trajvid status took {min(status_times):.2f}-{max(status_times):.2f} s "
                   f"({len(status_times)} calls)", flush=True)
+        # four more (another learning rate) in the last repository: `trajvid report` over 8
+        run_queue(repo, 1, env, suffix="-lr5e-4", extra=["-S", "train.learning_rate=0.0005"])
+        t = time.perf_counter()
+        sh([sys.executable, "-m", "trajvid", "report"], repo, env)
+        print(f"trajvid report over 8 experiments: {time.perf_counter() - t:.1f} s", flush=True)
     print(f"-j 2 / -j 1 wall time: {walls[2] / walls[1]:.2f}")
 
 

@@ -53,11 +53,22 @@ def write_params(path: Path, params: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+def tool_env(cwd: Path) -> dict:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
     if (Path(cwd) / "src" / "trajvid").is_dir():  # a repository made by make_repo runs its own copy of the code
         env["PYTHONPATH"] = f"{Path(cwd).resolve() / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    return env
+
+
+def start_queue(repo: Path, jobs: int) -> None:
+    """`dvc queue start -j N`, returning once the workers are started: not through a pipe, which
+    the detached workers would hold open until the queue is empty."""
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=tool_env(repo), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=tool_env(cwd), capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

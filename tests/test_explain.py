@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from conftest import BIN, TINY_MODELS, run
 from trajvid.data import open_split, read_metadata
 from trajvid.explain import CAPTION_PX, GIF_SCALE, LABEL_PX, attention_probabilities, attention_rollout, explain, \
-    saliency, share_near
+    saliency, share_near, token_rollout
 from trajvid.geometry import project
-from trajvid.layers import SelfAttention
+from trajvid.layers import SelfAttention, TokenEncoder
 from trajvid.model_files import input_size_from_shape
 from trajvid.models import backbone_sizes, build_model, multitask_loss
 from trajvid.params import HeadParams
@@ -43,6 +44,46 @@ def test_explain_writes_images_of_the_right_size_for_every_backbone(name, overri
     written = json.loads((tmp_path / f"{name}-test-00003.json").read_text())
     assert written["index"] == 3 and 0 <= written["chance_share"] < 0.05
     assert all(0 <= share <= 1 for share in written["shares"].values())
+
+
+@pytest.mark.parametrize("attention", ["joint", "divided"])
+def test_rollout_is_the_jacobian_of_the_encoder_with_its_attention_held_fixed(attention):
+    """Rollout models each attention with its residual connection as (I + A) / 2 and follows the
+    CLS token back through the layers. Make the encoder exactly that: norms and MLPs out of the
+    way, values and outputs the identity, each attention held at what it was for this input and
+    returning (A x - x) / 2, so that x + attention(x) = (I + A) x / 2. It is then linear in its
+    tokens, pooled = sum over tokens of M[token] * token, and the rollout must be M (normalised
+    over the tokens), for joint and divided (TimeSformer: time, then space with the CLS token
+    averaged over the time steps) attention alike."""
+    torch.manual_seed(0)
+    T, S, D = 3, 4, 8
+    encoder = TokenEncoder((T, S), D, depth=2, heads=1, mlp_ratio=1, attention=attention, pool="cls")
+    for block in encoder.blocks:
+        block.norm, block.norm_mlp = nn.Identity(), nn.Identity()
+        if block.divided:
+            block.norm_time = nn.Identity()
+        with torch.no_grad():
+            block.mlp[2].weight.zero_()
+            block.mlp[2].bias.zero_()
+            for attn in (block.attn_time, block.attn):
+                if attn is None:
+                    continue
+                attn.qkv.weight[: 2 * D] = torch.randn(2 * D, D)  # queries and keys: uneven attention
+                attn.qkv.weight[2 * D:] = torch.eye(D)
+                attn.qkv.bias[2 * D:] = 0
+                attn.out.weight.copy_(torch.eye(D))
+                attn.out.bias.zero_()
+                attn.register_forward_hook(  # the attention as applied, held fixed (heads = 1)
+                    lambda mod, args, _out: (attention_probabilities(mod, args[0]).detach()[:, 0] @ args[0] - args[0]) / 2)
+    encoder.norm = nn.Identity()
+    tokens = torch.randn(1, T, S, D, requires_grad=True)
+    weights = token_rollout(encoder, lambda: encoder(tokens.detach()))
+    pooled, _ = encoder(tokens)
+    (jacobian,) = torch.autograd.grad(pooled.sum(), tokens)  # (1, T, S, D): M[t, s] in every channel
+    assert torch.allclose(jacobian, jacobian[..., :1].expand_as(jacobian), atol=1e-6)
+    expected = jacobian[0, :, :, 0].flatten().double()
+    assert not torch.allclose(expected, expected.mean().expand_as(expected), rtol=0.05)  # uneven
+    assert torch.allclose(weights, expected / expected.sum(), atol=1e-6)
 
 
 @pytest.mark.parametrize("attention", ["joint", "divided"])

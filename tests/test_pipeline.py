@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from conftest import BIN, make_repo, run, tiny_params
+from conftest import BIN, make_repo, run, start_queue, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -140,13 +140,17 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
     for name in ("slowfast", "transformer", "i3d"):
         run(["dvc", "exp", "run", "--queue", "-n", f"exp-{name}", "-S", f"model={name}"], repo)
     run(["dvc", "exp", "run", "--queue", "-n", "exp-i3d-seed-7", "-S", "model=i3d", "-S", "seed=7"], repo)
-    run(["dvc", "queue", "start", "-j", "2"], repo)
+    start_queue(repo, 2)
     deadline = time.time() + 600
+    workers_seen = []  # `trajvid status` finds DVC's live queue workers (by the node name DVC gives them)
     while time.time() < deadline:
         status = run(["dvc", "queue", "status"], repo).stdout
         if not any(state in status for state in ("Queued", "Running")):
             break
+        if "Running" in status and not any(workers_seen):
+            workers_seen.append(json.loads(run(["trajvid", "status", "--json"], repo).stdout)["queue_workers"])
         time.sleep(2)
+    assert any(w and w >= 1 for w in workers_seen), workers_seen
     assert "Failed" not in status, status + run(["dvc", "queue", "logs", "exp-i3d"], repo, check=False).stdout
     run(["dvc", "queue", "stop", "--kill"], repo, check=False)
 
@@ -195,6 +199,10 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
     other = run(["trajvid", "ensemble", "exp-i3d", "exp-i3d-seed-7"], repo, check=False)
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
     assert "revision 'exp-i3d-seed-7' was trained on other data" in other.stderr, other.stderr
+    twice = run(["trajvid", "ensemble", "exp-i3d", "exp-i3d"], repo, check=False)
+    assert twice.returncode == 2 and "are the same commit" in twice.stderr, twice.stderr
+    elsewhere = run(["trajvid", "explain", "--rev", "exp-i3d-seed-7", "--out", "explained"], repo, check=False)
+    assert elsewhere.returncode == 2 and "was trained on other data" in elsewhere.stderr, elsewhere.stderr
 
 
 def check_report(reports, accuracy: dict) -> None:
@@ -257,6 +265,18 @@ def test_branches_compare_with_metrics_diff_and_plots_diff(tmp_path):
     assert "predicted" in explained.stdout
     figures = json.loads((repo / "explained" / "magvit-magvit-test-00001.json").read_text())
     assert figures["revision"] == "magvit" and "attention rollout" in figures["shares"]
+
+    # data regenerated and committed without retraining: the lock no longer vouches for the model
+    run(["git", "checkout", "-q", "-b", "stale", "i3d"], repo)
+    run(["dvc", "checkout", "-q", "--force"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["noise_std"] = 0.01
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "generate"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "new data, old model"], repo)
+    stale = run(["trajvid", "ensemble", "i3d", "stale"], repo, check=False)
+    assert stale.returncode == 2 and "revision 'stale' has a model trained on other data" in stale.stderr, stale.stderr
 
     # a model in neither the cache nor a remote: one line naming the revision and `dvc pull`
     (repo / ".dvc" / "cache").rename(repo / "cache-aside")

@@ -95,18 +95,18 @@ def test_a_half_written_heartbeat_is_read_as_absent(tmp_path):
 
 
 def test_queue_workers_are_counted_per_repository_from_proc(tmp_path):
-    """A process that looks like DVC's queue worker (`... queue-worker dvc-exp-<hash>-1@localhost`)
-    counts for the repository it runs in and for no other."""
+    """A process that looks like DVC's queue worker of one repository (`... queue-worker
+    dvc-exp-<hash of its celery dir>-1@localhost`), wherever it was started, counts for that
+    repository and for no other."""
     import sys
 
-    from trajvid.status import queue_workers
+    from trajvid.status import queue_workers, worker_node_prefix
 
-    ours, other = tmp_path / "ours", tmp_path / "other"
-    ours.mkdir()
-    other.mkdir()
-    assert queue_workers(ours) == 0
+    ours = worker_node_prefix(str(tmp_path / "ours" / ".dvc" / "tmp" / "exps" / "celery"))
+    other = worker_node_prefix(str(tmp_path / "other" / ".dvc" / "tmp" / "exps" / "celery"))
+    assert ours != other and queue_workers(ours) == 0
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "exp", "queue-worker",
-                               "dvc-exp-0a1b2c-1@localhost", "--clean"], cwd=ours)
+                               f"{ours}1@localhost", "--clean"], cwd=tmp_path)
     try:
         deadline = time.time() + 10
         while queue_workers(ours) != 1 and time.time() < deadline:

@@ -220,6 +220,9 @@ def ensemble(
 ) -> None:
     """Average the models of several revisions and evaluate them as one: metrics/ensemble.json."""
     _claim_gpu()
+    from trajvid.devices import set_threads
+
+    set_threads(0)  # this process's share of the cores, beside any running training
     from trajvid.ensemble import ensemble as run
 
     result = run(repo, revisions, data, out, weights)
@@ -253,8 +256,15 @@ def explain(
     else:
         from trajvid.revisions import load_trained_at
 
+        from trajvid.explain import ExplainError
+        from trajvid.revisions import local_data_fingerprint
+
         member = load_trained_at(repo.resolve(), rev)
         trained, config = member.model, member.config
+        if (data / "SHA256SUMS").is_file() and member.data_fingerprint != local_data_fingerprint(data):
+            raise ExplainError(f"revision {rev!r} was trained on other data than {data} (dataset fingerprints "
+                               f"{member.data_fingerprint[:12]} and {local_data_fingerprint(data)[:12]}); check out "
+                               "its data or explain it on the data it was trained on (--data)")
     for result in run(trained, config, data, split, sample, out, rev or "workspace"):
         shares = ", ".join(f"{k} {v:.0%}" for k, v in result["shares"].items())
         typer.echo(f"{result['files'][0]} (+ .gif, .json): {split} sample {result['index']}, true "

@@ -7,9 +7,9 @@ Members must have been trained on the dataset evaluated here: each revision's da
 `open_split` checks against it.
 
 The ensemble averages the members' class probabilities and their next positions, with equal
-weights or (`--weights validation`) weights proportional to 1 / (validation next-position RMSE)^2,
-the inverse-variance weights that minimise the error of an average of independent estimates
-(read from each revision's `dvclive/metrics.json`, the last epoch's validation figures).
+weights or (`--weights validation`) weights proportional to 1 / (validation next-position RMSE)^2
+(inverse-variance weighting; the same weights apply to the class probabilities), from each
+revision's `dvclive/metrics.json` (the last epoch's validation figures).
 
 Writes `metrics/ensemble.json` in the format of `metrics/metrics.json` (model, test, train) plus
 `ensemble`: the members with their revision, weight and own test figures, and whether the
@@ -102,6 +102,12 @@ def ensemble(root: Path | str = ".", revisions: list[str] = (), data_dir: Path |
     test_split = open_split(data_dir, "test")  # checks the shards against SHA256SUMS
     local = local_data_fingerprint(data_dir)
     members = [load_trained_at(root, name) for name in revisions]
+    seen = {}
+    for m in members:
+        if m.commit in seen:
+            raise EnsembleError(f"revisions {seen[m.commit]!r} and {m.name!r} are the same commit {m.commit[:7]}: "
+                                "each member must be another model")
+        seen[m.commit] = m.name
     for m in members:
         if m.data_fingerprint != local:
             raise EnsembleError(f"revision {m.name!r} was trained on other data (dataset fingerprint "
@@ -113,7 +119,7 @@ def ensemble(root: Path | str = ".", revisions: list[str] = (), data_dir: Path |
     rows = []
     for m, w, p, x in zip(members, weights, probabilities, positions):
         own = figures(p.double(), x.double(), labels, targets)
-        rows.append({"name": m.name, "rev": m.commit, "backbone": m.config["backbone"], "head": m.config["head"]["type"],
+        rows.append({"name": m.name, "rev": m.commit, "backbone": m.config["backbone"], "head": m.config["head"].get("type", "?"),
                      "seed": m.config.get("seed"), "weight": w, "val_position_rmse": m.val_position_rmse,
                      "test_accuracy": own["accuracy"], "test_position_rmse": own["position_rmse"]})
     best_accuracy = max(r["test_accuracy"] for r in rows)

@@ -20,7 +20,6 @@ map) and <name>.json (the figures), with the true and predicted class and positi
 from __future__ import annotations
 
 import io
-import json
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 from trajvid.errors import TrajvidError
 from trajvid.files import atomic_write, write_json
 
-NEAR_PX = 3.0  # "on the sphere": within this distance of its projected centre (the sphere's radius is ~2-4 px)
+NEAR_PX = 3.0  # "on the sphere": within this distance of its projected centre (its image is 1-2.5 px in radius)
 CAPTION_PX = 30
 LABEL_PX = 14
 GIF_SCALE = 2
@@ -82,12 +81,10 @@ def _with_residual(a: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attention_rollout(model, video: torch.Tensor) -> torch.Tensor | None:
-    """Rollout of the token encoder's attention for one video, upsampled to (T, H, W); None for a
-    backbone without a token encoder."""
-    encoder = _token_encoder(model)
-    if encoder is None:
-        return None
+def token_rollout(encoder, forward) -> torch.Tensor:
+    """Attention rollout (T*S,) over the space-time tokens of a `layers.TokenEncoder`, from the
+    attention its blocks apply while `forward()` runs one sample through it: what its pooled output
+    (the CLS token, or the mean of the tokens) draws on, as a distribution over the tokens."""
     records = []
     hooks = []
     for block in encoder.blocks:
@@ -96,17 +93,17 @@ def attention_rollout(model, video: torch.Tensor) -> torch.Tensor | None:
                 hooks.append(module.register_forward_hook(
                     lambda mod, args, _out, kind=kind: records.append((kind, attention_probabilities(mod, args[0]).mean(1).double()))))
     try:
-        model(video[None])
+        forward()
     finally:
         for hook in hooks:
             hook.remove()
     T, S = encoder.grid
     n_cls = encoder.cls.shape[1]
-    N = n_cls + T * S
+    N = n_cls + T * S  # the CLS token (if any) first, then the tokens time-major
     rollout = torch.eye(N, dtype=torch.float64)
     for kind, a in records:
         full = torch.zeros(N, N, dtype=torch.float64)
-        if kind == "joint":  # (1, N, N): the CLS token first, then the tokens time-major
+        if kind == "joint":  # (1, N, N)
             full = a[0]
         elif kind == "time":  # (S, T, T): the tokens of one spatial patch over time; CLS untouched
             index = n_cls + torch.arange(T)[:, None] * S + torch.arange(S)[None, :]  # (T, S)
@@ -122,8 +119,18 @@ def attention_rollout(model, video: torch.Tensor) -> torch.Tensor | None:
                     full[0, cells] = a[t, 0, n_cls:] / T
                     full[0, 0] += a[t, 0, 0] / T
         rollout = _with_residual(full) @ rollout
-    weights = rollout[0, n_cls:] if n_cls else rollout[:, n_cls:].mean(0)  # what the pooled token draws on
-    weights = weights / weights.sum()  # over the space-time tokens (the CLS token's share of itself left out)
+    weights = rollout[0, n_cls:] if n_cls else rollout[:, n_cls:].mean(0)
+    return weights / weights.sum()  # over the space-time tokens (the CLS token's share of itself left out)
+
+
+def attention_rollout(model, video: torch.Tensor) -> torch.Tensor | None:
+    """Rollout of the backbone's token encoder for one video, upsampled to (T, H, W); None for a
+    backbone without a token encoder."""
+    encoder = _token_encoder(model)
+    if encoder is None:
+        return None
+    weights = token_rollout(encoder, lambda: model(video[None]))
+    T, S = encoder.grid
     st, sh, sw = model.backbone.grid_stride
     frames, height, width = video.shape[1], video.shape[3], video.shape[4]
     grid = weights.view(T, height // sh, width // sw).float()
@@ -221,20 +228,27 @@ def render(video: torch.Tensor, maps: dict[str, torch.Tensor], centres: np.ndarr
 def explain(model, config: dict, data_dir: Path | str, split: str, indices: list[int], out: Path | str,
             label: str = "workspace") -> list[dict]:
     """Explain samples `indices` of `split`; returns one figures dict per sample (also written)."""
-    from trajvid.data import SPLITS, open_split
+    from trajvid.data import SPLITS, open_split, read_metadata
+    from trajvid.files import writing
     from trajvid.geometry import project, projection_matrices
     from trajvid.scene import CLASS_NAMES
 
     if split not in SPLITS:
         raise ExplainError(f"--split {split!r} is not allowed: use one of {', '.join(SPLITS)}")
     dataset = open_split(data_dir, split)
+    meta = read_metadata(data_dir)
+    trained_on = config.get("input", {}).get("video_shape_stored")
+    if trained_on is not None and list(trained_on) != list(meta["video_shape"]):
+        raise ExplainError(f"the model was trained on videos of shape {trained_on} (camera, frame, height, width, "
+                           f"channel), {data_dir} holds {meta['video_shape']}: explain it on data like its own (--data)")
     for index in indices:
         if not 0 <= index < len(dataset):
             raise ExplainError(f"--sample {index} is not allowed: the {split} split has {len(dataset)} samples "
                                f"(0 to {len(dataset) - 1})")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    projection = projection_matrices(config["input"]["cameras"])
+    with writing("the explanations", out):
+        out.mkdir(parents=True, exist_ok=True)
+    projection = projection_matrices(meta["cameras"])  # the cameras that took these videos
     backbone = config["backbone"]
     results = []
     for index in indices:
@@ -264,14 +278,14 @@ def explain(model, config: dict, data_dir: Path | str, split: str, indices: list
         grid, gif_frames = render(video, maps, centres.numpy(), caption)
         name = f"{backbone}-{split}-{index:05d}" if label == "workspace" else f"{label}-{backbone}-{split}-{index:05d}"
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        atomic_write(out / f"{name}.png", lambda tmp: grid.save(tmp, format="PNG"))
-
         def save_gif(tmp: Path) -> None:
             buffer = io.BytesIO()
             gif_frames[0].save(buffer, format="GIF", save_all=True, append_images=gif_frames[1:], duration=150, loop=0)
             tmp.write_bytes(buffer.getvalue())
 
-        atomic_write(out / f"{name}.gif", save_gif)
+        with writing("the explanation images", out):
+            atomic_write(out / f"{name}.png", lambda tmp: grid.save(tmp, format="PNG"))
+            atomic_write(out / f"{name}.gif", save_gif)
         result = {
             "backbone": backbone, "revision": label, "split": split, "index": index,
             "sample_id": int(sample["sample_id"]), "true_class": truth, "predicted_class": CLASS_NAMES[predicted],
@@ -280,6 +294,7 @@ def explain(model, config: dict, data_dir: Path | str, split: str, indices: list
             "seconds": time.perf_counter() - started,
             "files": [str(out / f"{name}.png"), str(out / f"{name}.gif")],
         }
-        write_json(out / f"{name}.json", result)
+        with writing("the explanation figures", out):
+            write_json(out / f"{name}.json", result)
         results.append(result)
     return results

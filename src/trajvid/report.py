@@ -171,13 +171,27 @@ def load_ensembles(root: Path, runs: list[Run]) -> list[Ensemble]:
             continue
         try:
             metrics = json.loads(text)
-            key = json.dumps([metrics["ensemble"]["members"], metrics["test"]], sort_keys=True)
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
+            continue
+        if not _complete_ensemble(metrics):
             continue  # half-written or foreign: the report is about the runs
+        key = json.dumps([metrics["ensemble"]["members"], metrics["test"]], sort_keys=True)
         if key not in seen:
             seen.add(key)
             found.append(Ensemble(source, metrics))
     return found
+
+
+def _complete_ensemble(metrics) -> bool:
+    """Whether an ensemble.json has every key the report reads."""
+    try:
+        info, test = metrics["ensemble"], metrics["test"]
+        return (isinstance(info["weights"], str) and bool(info["members"])
+                and all(isinstance(m["name"], str) and "seed" in m for m in info["members"])
+                and all(isinstance(info["beats_best_member"][k], bool) for k in ("accuracy", "position_rmse"))
+                and all(isinstance(test[k], (int, float)) for k in ("accuracy", "position_rmse")))
+    except (KeyError, TypeError, AttributeError):
+        return False
 
 
 def read_baseline(root: Path, runs: list[Run]) -> dict | None:

@@ -20,7 +20,8 @@ import torch
 from trajvid.errors import TrajvidError, first_line
 
 MODEL_FILES = ("models/config.json", "models/model.safetensors")
-SUMS = "data/trajectories/SHA256SUMS"
+DATA = "data/trajectories"
+SUMS = f"{DATA}/SHA256SUMS"
 
 
 class RevisionError(TrajvidError):
@@ -49,17 +50,30 @@ def local_data_fingerprint(data_dir: Path) -> str:
 def _fetch_hint(name: str, ref: str) -> str:
     if ref.startswith("refs/exps/"):
         return f"fetch it with `dvc exp pull <git remote> {name}` (it brings the experiment's DVC outputs too)"
-    return f"fetch it with `dvc fetch --all-branches` (or `git checkout {name} && dvc pull`)"
+    return f"fetch it with `dvc fetch --all-commits` (or `git checkout {name} && dvc pull`)"
 
 
-def _trained_in_lock(lock_text: str | None) -> bool:
+def _lock_problem(lock_text: str | None) -> str | None:
+    """Why the revision's dvc.lock does not vouch for a model trained on the revision's dataset
+    (None if it does): no train stage, or a train stage that used other data than the dataset
+    recorded (a `generate` rerun and committed without retraining)."""
     import yaml
 
     try:
-        outs = yaml.safe_load(lock_text or "")["stages"]["train"]["outs"]
-        return any(o.get("path") == MODEL_FILES[1] and o.get("md5") for o in outs)
+        stages = yaml.safe_load(lock_text or "")["stages"]
+        train = stages["train"]
+        trained = any(o.get("path") == MODEL_FILES[1] and o.get("md5") for o in train["outs"])
     except (yaml.YAMLError, TypeError, KeyError, AttributeError):
-        return False
+        trained = False
+    if not trained:
+        return "has no trained model (its dvc.lock records no output of the train stage): train it first " \
+               "(`dvc repro` or `dvc exp run` there)"
+    used = next((d.get("md5") for d in train.get("deps", []) if d.get("path") == DATA), None)
+    made = next((o.get("md5") for o in (stages.get("generate") or {}).get("outs", []) if o.get("path") == DATA), None)
+    if used and made and used != made:
+        return (f"has a model trained on other data than its {DATA} (dvc.lock: train used {used}, generate made "
+                f"{made}): rerun `dvc repro` there")
+    return None
 
 
 def load_trained_at(root: Path, name: str) -> TrainedAt:
@@ -68,7 +82,7 @@ def load_trained_at(root: Path, name: str) -> TrainedAt:
     RevisionError naming it and the command that fetches it."""
     from dvc.api import DVCFileSystem
 
-    from trajvid.model_files import WEIGHTS, ModelFileError, load_trained
+    from trajvid.model_files import REMEDY, WEIGHTS, ModelFileError, load_trained
     from trajvid.report import git, resolve
 
     ref = resolve(root, name)
@@ -76,21 +90,26 @@ def load_trained_at(root: Path, name: str) -> TrainedAt:
         raise RevisionError(f"revision {name!r} is neither a branch, tag, commit nor DVC experiment of {root}; "
                             "see `git branch -a` and `dvc exp list --all-commits` (`dvc exp pull` fetches one)")
     commit = (git(root, "rev-parse", f"{ref}^{{commit}}") or "").strip()
-    if not _trained_in_lock(git(root, "show", f"{commit}:dvc.lock")):
-        raise RevisionError(f"revision {name!r} has no trained model (its dvc.lock records no output of the train "
-                            "stage): train it first (`dvc repro` or `dvc exp run` there)")
+    problem = _lock_problem(git(root, "show", f"{commit}:dvc.lock"))
+    if problem:
+        raise RevisionError(f"revision {name!r} {problem}")
     fs = DVCFileSystem(str(root), rev=commit)
     with tempfile.TemporaryDirectory(prefix="trajvid-revision-") as tmp:
         for path in MODEL_FILES:
             try:
                 (Path(tmp) / Path(path).name).write_bytes(fs.read_bytes(path))
-            except Exception as error:  # DVC reports a missing cache object in several ways
+            except FileNotFoundError as error:  # DVC's "No storage files available"
                 raise RevisionError(f"revision {name!r}: {path} is in neither the local DVC cache nor the DVC remote "
                                     f"({first_line(error)}); {_fetch_hint(name, ref)}") from None
+            except Exception as error:  # a remote that refuses, a full /tmp, ...: say what DVC said
+                raise RevisionError(f"revision {name!r}: {path} could not be read from the DVC cache or remote "
+                                    f"({type(error).__name__}: {first_line(error)})") from None
         try:
             model, config = load_trained(tmp)
         except ModelFileError as error:
-            raise RevisionError(f"revision {name!r}: {error}") from None
+            message = str(error).replace(f"{tmp}/", "models/").replace(
+                REMEDY, "retrain it at that revision (`dvc repro train` or `dvc exp run`)")
+            raise RevisionError(f"revision {name!r}: {message}") from None
         model_bytes = (Path(tmp) / WEIGHTS).stat().st_size
     try:
         sums = fs.read_bytes(SUMS)

@@ -14,6 +14,7 @@ read as absent, never as an error: the display is for people, the next call show
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -156,7 +157,7 @@ def queue_rows(root: Path) -> tuple[list[dict], int | None, list[str]]:
                     log = None
                 r["note"] = f"{last_error_line(log)}  (log: dvc queue logs {r['name']})".strip()
             rows.append(r)
-        workers = queue_workers(root)
+        workers = queue_workers(worker_node_prefix(queue.wdir))
         if workers is None:  # no /proc: ask the workers through the broker (a 2 s broadcast)
             try:
                 workers = len(queue.worker_status())
@@ -165,26 +166,32 @@ def queue_rows(root: Path) -> tuple[list[dict], int | None, list[str]]:
     return rows, workers, problems
 
 
-def queue_workers(root: Path) -> int | None:
-    """The DVC queue workers (`dvc exp queue-worker dvc-exp-...`) running in this repository, read
-    from /proc; None where there is no /proc. DVC's own `worker_status()` broadcasts to the
-    workers and waits a fixed 2 s for replies, which alone would exceed the status screen's budget."""
+def worker_node_prefix(celery_dir: str) -> str:
+    """The node-name prefix of the queue workers DVC starts for one repository: DVC names them
+    `dvc-exp-<first 6 hex of sha256(<repo>/.dvc/tmp/exps/celery)>-<n>@localhost`
+    (dvc/repo/experiments/queue/celery.py, `_spawn_worker`)."""
+    return f"dvc-exp-{hashlib.sha256(celery_dir.encode('utf-8')).hexdigest()[:6]}-"
+
+
+def queue_workers(node_prefix: str) -> int | None:
+    """The DVC queue workers (`dvc exp queue-worker <node name>`) whose node name starts with
+    `node_prefix`, read from /proc; None where there is no /proc. DVC's own `worker_status()`
+    broadcasts to the workers and waits a fixed 2 s for replies, which alone would exceed the
+    status screen's budget."""
     proc = Path("/proc")
     if not (proc / "self" / "cmdline").exists():
         return None
-    root = Path(root).resolve()
+    prefix = node_prefix.encode()
     count = 0
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             args = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"queue-worker" not in args or not any(a.startswith(b"dvc-exp-") for a in args):
-                continue
-            if Path(os.readlink(entry / "cwd")).resolve() == root:
-                count += 1
         except OSError:  # gone meanwhile, or not ours to read
             continue
+        if b"queue-worker" in args and any(a.startswith(prefix) for a in args):
+            count += 1
     return count
 
 
