@@ -159,6 +159,12 @@ class Ensemble:
         info = self.metrics["ensemble"]
         return f"ensemble of {' + '.join(m['name'] for m in info['members'])} ({info['weights']} weights)"
 
+    @property
+    def short_label(self) -> str:
+        """For a chart's axis: the members are in the tables."""
+        info = self.metrics["ensemble"]
+        return f"ensemble of {len(info['members'])} ({info['weights']})"
+
 
 def load_ensembles(root: Path, runs: list[Run]) -> list[Ensemble]:
     """metrics/ensemble.json of the workspace and of every revision reported, each result once."""
@@ -284,7 +290,8 @@ def make_charts(runs: list[Run], baseline: dict | None, out: Path, ensembles: li
                color=[colors[i % len(colors)] for i in range(len(labels))], capsize=4)
         ax.bar(range(len(labels), len(labels) + len(ensembles)), [e.metrics["test"][field_name] for e in ensembles],
                color="0.75", hatch="//", edgecolor="k")
-        ax.set_xticks(range(len(labels) + len(ensembles)), labels + [e.label for e in ensembles], rotation=20, ha="right")
+        ax.set_xticks(range(len(labels) + len(ensembles)), labels + [e.short_label for e in ensembles], rotation=20,
+                      ha="right")
         ax.set_title(title)
     if baseline:
         left.axhline(baseline["test"]["accuracy"], color="k", ls="--", label="classical baseline")

@@ -1,7 +1,7 @@
 """Four queued experiments (one per backbone) with `dvc queue start -j 2` against `-j 1`.
 
-    python bench/queue.py                    # 400 samples, 2 epochs, default model sizes
-    python bench/queue.py --samples 200 --epochs 1
+    python bench/dvc_queue.py                    # 400 samples, 2 epochs, default model sizes
+    python bench/dvc_queue.py --samples 200 --epochs 1
 
 Each run uses a fresh throw-away git + DVC repository holding this checkout's pipeline and code,
 with the data generated and committed first (as a user would before queueing), so the timed part
