@@ -254,17 +254,13 @@ def explain(
 
         trained, config = load_trained(model)
     else:
-        from trajvid.revisions import load_trained_at
-
-        from trajvid.explain import ExplainError
-        from trajvid.revisions import local_data_fingerprint
+        from trajvid.data import CHECKSUMS
+        from trajvid.revisions import check_trained_on, load_trained_at
 
         member = load_trained_at(repo.resolve(), rev)
         trained, config = member.model, member.config
-        if (data / "SHA256SUMS").is_file() and member.data_fingerprint != local_data_fingerprint(data):
-            raise ExplainError(f"revision {rev!r} was trained on other data than {data} (dataset fingerprints "
-                               f"{member.data_fingerprint[:12]} and {local_data_fingerprint(data)[:12]}); check out "
-                               "its data or explain it on the data it was trained on (--data)")
+        if (data / CHECKSUMS).is_file():  # without it, `run` stops at the dataset in one line of its own
+            check_trained_on(member, data)
     for result in run(trained, config, data, split, sample, out, rev or "workspace"):
         shares = ", ".join(f"{k} {v:.0%}" for k, v in result["shares"].items())
         typer.echo(f"{result['files'][0]} (+ .gif, .json): {split} sample {result['index']}, true "

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from trajvid.errors import TrajvidError
 from trajvid.files import write_json, writing
-from trajvid.revisions import TrainedAt, load_trained_at, local_data_fingerprint
+from trajvid.revisions import TrainedAt, check_trained_on, load_trained_at, local_data_fingerprint
 
 WEIGHTINGS = ("equal", "validation")
 
@@ -36,8 +36,7 @@ class EnsembleError(TrajvidError):
 
 
 def member_weights(members: list[TrainedAt], weighting: str) -> list[float]:
-    if weighting not in WEIGHTINGS:
-        raise EnsembleError(f"--weights {weighting!r} is not one of: {', '.join(WEIGHTINGS)}")
+    """Normalised weights for a weighting of WEIGHTINGS (`ensemble` checks it before loading anything)."""
     if weighting == "equal":
         raw = [1.0] * len(members)
     else:
@@ -109,10 +108,7 @@ def ensemble(root: Path | str = ".", revisions: list[str] = (), data_dir: Path |
                                 "each member must be another model")
         seen[m.commit] = m.name
     for m in members:
-        if m.data_fingerprint != local:
-            raise EnsembleError(f"revision {m.name!r} was trained on other data (dataset fingerprint "
-                                f"{m.data_fingerprint[:12]}) than {data_dir} ({local[:12]}); an ensemble combines "
-                                "models of one dataset: choose members trained on it, or check out their data")
+        check_trained_on(m, data_dir, local)
     weights = member_weights(members, weighting)
     probabilities, positions, labels, targets = member_outputs(members, test_split, num_workers=num_workers)
     test = figures(*combine(probabilities, positions, weights), labels, targets)

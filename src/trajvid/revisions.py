@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
+from trajvid.data import CHECKSUMS
 from trajvid.errors import TrajvidError, first_line
 
 MODEL_FILES = ("models/config.json", "models/model.safetensors")
 DATA = "data/trajectories"
-SUMS = f"{DATA}/SHA256SUMS"
+SUMS = f"{DATA}/{CHECKSUMS}"
 
 
 class RevisionError(TrajvidError):
@@ -44,7 +45,17 @@ def data_fingerprint(sums: bytes) -> str:
 
 
 def local_data_fingerprint(data_dir: Path) -> str:
-    return data_fingerprint((Path(data_dir) / "SHA256SUMS").read_bytes())
+    return data_fingerprint((Path(data_dir) / CHECKSUMS).read_bytes())
+
+
+def check_trained_on(trained: TrainedAt, data_dir: Path, local: str | None = None) -> None:
+    """RevisionError unless `trained` was trained on the dataset at `data_dir` (whose fingerprint
+    `local` may be given when it is already known)."""
+    local = local or local_data_fingerprint(data_dir)
+    if trained.data_fingerprint != local:
+        raise RevisionError(f"revision {trained.name!r} was trained on other data than {data_dir} (dataset "
+                            f"fingerprints {trained.data_fingerprint[:12]} and {local[:12]}); choose a revision "
+                            "trained on it, or check out that revision's data (or pass it with --data)")
 
 
 def _fetch_hint(name: str, ref: str) -> str:
