@@ -1,18 +1,24 @@
 """Training: weight decay applied, checkpoints, resume, NaN handling, evaluation outputs."""
 
+import copy
 import json
 import math
+import shutil
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 
 from conftest import TINY_MODELS, tiny_params
 from trajvid import checkpoint
 from trajvid.evaluate import evaluate
+from trajvid.data import CHECKSUMS, checksum_lines, read_metadata
+from trajvid.geometry import projection_matrices
 from trajvid.model_files import load_trained
 from trajvid.models import LossWeights, build_model, multitask_loss
 from trajvid.params import parse
-from trajvid.train import TrainingDiverged, fingerprint, setup, train, validate
+from trajvid.train import TrainingDiverged, finish, fingerprint, setup, train, validate
 
 
 def params_for(model="i3d", epochs=2, **train_overrides):
@@ -187,9 +193,52 @@ def test_a_backbones_own_learning_rate_and_warmup_reach_the_optimizer(tiny_datas
     raw["models"]["transformer"].update(learning_rate=0.00031, warmup_epochs=0.0)
     run = setup(parse(raw), tiny_dataset, tmp_path / "models", live_dir=None)
     assert {g["initial_lr"] for g in run.optimizer.param_groups} == {0.00031}
+    # the rate of the first step: no warm-up, the full rate (the scheduler read the backbone's 0.0)
+    assert {g["lr"] for g in run.optimizer.param_groups} == {0.00031}
     assert run.config["train"]["learning_rate"] == 0.00031 and run.config["train"]["warmup_epochs"] == 0.0
     run.accelerator.end_training()
     raw["models"]["transformer"].update(learning_rate=None, warmup_epochs=None)  # null: train.* apply
+    assert raw["train"]["warmup_epochs"] > 0
     run = setup(parse(raw), tiny_dataset, tmp_path / "other", live_dir=None)
     assert {g["initial_lr"] for g in run.optimizer.param_groups} == {raw["train"]["learning_rate"]}
+    first = {g["lr"] for g in run.optimizer.param_groups}
+    assert len(first) == 1 and 0 < first.pop() < raw["train"]["learning_rate"] / 2  # warming up
     run.accelerator.end_training()
+
+
+def with_cameras(dataset: Path, out: Path, cameras: dict) -> Path:
+    """A copy of `dataset` whose shards say they were filmed by `cameras` (SHA256SUMS redone)."""
+    shutil.copytree(dataset, out)
+    names = []
+    for shard in sorted((out / "data").glob("*.arrow")):
+        table = pa.ipc.open_stream(shard.read_bytes()).read_all()  # in memory: the file is rewritten below
+        metadata = dict(table.schema.metadata)
+        metadata[b"trajvid"] = json.dumps({**json.loads(metadata[b"trajvid"]), "cameras": cameras}).encode()
+        table = table.replace_schema_metadata(metadata)
+        with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        names.append(shard.relative_to(out).as_posix())
+    (out / CHECKSUMS).write_text(checksum_lines(out, names))
+    return out
+
+
+def test_the_keypoints_head_triangulates_with_the_datasets_cameras(tiny_dataset, tmp_path):
+    """Cameras stored in the data, not the scene's defaults, reach the readout in training, travel
+    in config.json and come back when the model is loaded (evaluate, ensemble, explain). Every
+    generated dataset stores the default cameras, so only a dataset that says otherwise can tell."""
+    stored = read_metadata(tiny_dataset)["cameras"]
+    moved = copy.deepcopy(stored)
+    moved["t"][0][2] += 0.5  # camera 0 half a unit further along its axis
+    moved["K"][1][0][0] *= 1.1  # camera 1 zoomed
+    expected = projection_matrices(moved)
+    assert not torch.allclose(expected, projection_matrices(stored))
+    data = with_cameras(tiny_dataset, tmp_path / "trajectories", moved)
+
+    raw = tiny_params(num_samples=200, epochs=1)
+    assert raw["head"]["type"] == "keypoints"
+    run = setup(parse(raw), data, tmp_path / "models", live_dir=None)
+    assert torch.equal(run.unwrapped.readout.projection, expected)
+    finish(run, tmp_path / "saved", stopped_early=False)  # what the train stage writes
+    model, config = load_trained(tmp_path / "saved")
+    assert config["input"]["cameras"] == moved
+    assert torch.equal(model.readout.projection, expected)
