@@ -171,7 +171,11 @@ def load_ensembles(root: Path, runs: list[Run]) -> list[Ensemble]:
     found, seen = [], set()
     workspace = root / "metrics" / "ensemble.json"
     sources = [("workspace", workspace.read_text() if workspace.is_file() else None)]
-    sources += [(run.name, git(root, "show", f"{run.rev}:metrics/ensemble.json")) for run in runs]
+    for run in runs:
+        text = git(root, "show", f"{run.rev}:metrics/ensemble.json")
+        if text and is_experiment(root, run.rev) and text == git(root, "show", f"{run.rev}^:metrics/ensemble.json"):
+            continue  # carried over from the experiment's base commit: not this run's ensemble
+        sources.append((run.name, text))
     for source, text in sources:
         if not text:
             continue
@@ -186,6 +190,12 @@ def load_ensembles(root: Path, runs: list[Run]) -> list[Ensemble]:
             seen.add(key)
             found.append(Ensemble(source, metrics))
     return found
+
+
+def is_experiment(root: Path, commit: str) -> bool:
+    """Whether a DVC experiment ref (refs/exps/..., not DVC's bookkeeping refs) points at `commit`."""
+    refs = git(root, "for-each-ref", "--points-at", commit, "--format=%(refname)", "refs/exps") or ""
+    return any(EXPERIMENT_REF.fullmatch(ref) for ref in refs.split())
 
 
 def _complete_ensemble(metrics) -> bool:
