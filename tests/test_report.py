@@ -2,9 +2,9 @@
 experiments and branches is in test_pipeline.py)."""
 
 import json
-import subprocess
 from pathlib import Path
 
+from conftest import run
 from trajvid.report import Run, load_ensembles
 
 
@@ -17,7 +17,7 @@ def ensemble_json(rmse: float) -> str:
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    return run(["git", *args], repo).stdout.strip()
 
 
 def commit(repo: Path, files: dict[str, str], message: str) -> str:

@@ -171,9 +171,10 @@ def load_ensembles(root: Path, runs: list[Run]) -> list[Ensemble]:
     found, seen = [], set()
     workspace = root / "metrics" / "ensemble.json"
     sources = [("workspace", workspace.read_text() if workspace.is_file() else None)]
+    experiments = experiment_commits(root)
     for run in runs:
         text = git(root, "show", f"{run.rev}:metrics/ensemble.json")
-        if text and is_experiment(root, run.rev) and text == git(root, "show", f"{run.rev}^:metrics/ensemble.json"):
+        if text and run.rev in experiments and text == git(root, "show", f"{run.rev}^:metrics/ensemble.json"):
             continue  # carried over from the experiment's base commit: not this run's ensemble
         sources.append((run.name, text))
     for source, text in sources:
@@ -192,10 +193,11 @@ def load_ensembles(root: Path, runs: list[Run]) -> list[Ensemble]:
     return found
 
 
-def is_experiment(root: Path, commit: str) -> bool:
-    """Whether a DVC experiment ref (refs/exps/..., not DVC's bookkeeping refs) points at `commit`."""
-    refs = git(root, "for-each-ref", "--points-at", commit, "--format=%(refname)", "refs/exps") or ""
-    return any(EXPERIMENT_REF.fullmatch(ref) for ref in refs.split())
+def experiment_commits(root: Path) -> set[str]:
+    """The commits DVC experiment refs point at (refs/exps/..., not DVC's bookkeeping refs)."""
+    out = git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps") or ""
+    return {commit for commit, ref in (line.split(" ", 1) for line in out.splitlines())
+            if EXPERIMENT_REF.fullmatch(ref)}
 
 
 def _complete_ensemble(metrics) -> bool:
