@@ -13,6 +13,7 @@ half-written stays. A traceback means a bug.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from pathlib import Path
@@ -37,8 +38,19 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _raise_interrupted(signum, _frame) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+def _interrupt_handler(owner: int):
+    """SIGTERM -> Interrupted in the process `owner` only. Forked DataLoader workers inherit the
+    handler; one of them raising would print a traceback of its own on the shared stderr, so
+    there the signal does what it does by default (the worker ends; training reports it)."""
+
+    def handle(signum, _frame) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Interrupted(signal.Signals(signum).name)
+
+    return handle
 
 
 def stage(command):
@@ -47,7 +59,7 @@ def stage(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        previous = signal.signal(signal.SIGTERM, _interrupt_handler(os.getpid()))
         # Installed before the command runs: the DataLoader's destructor can complain while the
         # interrupt is still unwinding through the training loop, before any handler below runs.
         sys.unraisablehook = _quiet_about_killed_workers
