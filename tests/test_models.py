@@ -134,7 +134,8 @@ def test_weight_decay_groups_by_name(name, head):
     if head == "pooled":
         assert "position_head.weight" in decayed and "position_head.bias" in not_decayed
     else:
-        assert "readout.cell.weight" in decayed and {"readout.cell.bias", "extrapolators"} <= not_decayed
+        assert {"readout.cell.weight", "motion_encoder.0.weight"} <= decayed
+        assert {"readout.cell.bias", "motion_encoder.0.bias"} <= not_decayed
     if name in ("transformer", "magvit"):
         encoder = "backbone.encoder" if name == "transformer" else "backbone.transformer"
         assert {f"{encoder}.cls", f"{encoder}.time_position", f"{encoder}.space_position"} <= not_decayed
@@ -171,15 +172,6 @@ def test_triangulation_and_projection_invert_each_other():
     points = torch.rand(2, 5, 3, dtype=torch.float64) * 3 - 1.5
     pixels = project(points, P)  # (2, 4, 5, 2)
     assert torch.allclose(triangulate(pixels.transpose(1, 2).double(), P), points, atol=1e-4)
-
-
-def test_the_extrapolators_start_exact_for_lines_and_parabolas():
-    from trajvid.models import polynomial_extrapolator
-
-    t = torch.arange(33, dtype=torch.float64)
-    for degree, curve in ((1, 0.3 + 0.02 * t), (2, 0.1 - 0.01 * t + 0.003 * t**2)):
-        weights = polynomial_extrapolator(32, degree, 32).double()
-        assert abs(float(weights @ curve[:32]) - float(curve[32])) < 1e-5
 
 
 def test_the_keypoint_head_overfits_a_few_real_samples_below_0_01(tiny_dataset):

@@ -1,0 +1,93 @@
+"""The motion fits of the keypoints head (motion.py) and how the head uses them."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_MODELS
+from trajvid import scene
+from trajvid.models import build_model
+from trajvid.motion import next_positions, polynomial_weights
+from trajvid.params import HeadParams
+
+
+def sampled(label: int, count: int, seed: int = 3) -> torch.Tensor:
+    """`count` true trajectories (count, 33, 3) of class `label` from the scene's generator."""
+    ids = range(label, 4 * count, 4)  # sample_positions draws class id % 4
+    return torch.from_numpy(np.stack([scene.sample_positions(seed, i, 32, 0.0)[1] for i in ids]).astype(np.float64))
+
+
+@pytest.mark.parametrize("label", range(4), ids=scene.CLASS_NAMES)
+def test_each_class_fit_extrapolates_its_own_motion_exactly(label):
+    positions = sampled(label, 20)
+    assert all(int(scene.sample_positions(3, i, 32, 0.0)[0]) == label for i in range(label, 80, 4))
+    predicted = next_positions(positions[:, :32])[:, label]
+    assert (predicted - positions[:, 32]).abs().max() < 1e-6
+
+
+def test_the_circle_fit_beats_any_fixed_polynomial_on_noisy_circles():
+    """Per-frame noise like the trained readouts' (0.01 world units): the fitted circle uses all 32
+    frames, a fixed extrapolator cannot (the earlier head's degree-4 fit of the last 12 frames,
+    ~2.6x noise gain, and the straight line through all frames, biased on a curve)."""
+    generator = torch.Generator().manual_seed(0)
+    errors = {"circle": [], "degree 4, last 12": [], "line": []}
+    weights = torch.zeros(32, dtype=torch.float64)
+    t = np.arange(20, 32, dtype=np.float64)
+    weights[-12:] = torch.from_numpy(np.vander([32.0], 5) @ np.linalg.pinv(np.vander(t, 5)))[0]
+    for label in (1, 2):
+        positions = sampled(label, 100)
+        noisy = positions[:, :32] + 0.01 * torch.randn(positions[:, :32].shape, generator=generator, dtype=torch.float64)
+        truth = positions[:, 32]
+        errors["circle"].append(next_positions(noisy)[:, label] - truth)
+        errors["degree 4, last 12"].append(torch.einsum("t,btd->bd", weights, noisy) - truth)
+        errors["line"].append(torch.einsum("t,btd->bd", polynomial_weights(32, 1), noisy) - truth)
+    rmse = {k: float(torch.cat(v).pow(2).mean().sqrt()) for k, v in errors.items()}
+    assert rmse["circle"] < 0.008, rmse  # measured 0.005
+    assert rmse["circle"] < rmse["degree 4, last 12"] / 3 and rmse["circle"] < rmse["line"] / 3, rmse
+
+
+@pytest.mark.parametrize("kind", ["a point", "a line", "noise", "tiny noise"])
+def test_every_fit_stays_finite_on_trajectories_it_does_not_describe(kind):
+    """Early in training the trajectory is noise; a line or a point gives the circle fit no centre."""
+    generator = torch.Generator().manual_seed(1)
+    trajectory = {
+        "a point": torch.full((3, 32, 3), 0.3, dtype=torch.float64),
+        "a line": sampled(0, 3)[:, :32],
+        "noise": torch.randn(3, 32, 3, generator=generator, dtype=torch.float64),
+        "tiny noise": 1e-5 * torch.randn(3, 32, 3, generator=generator, dtype=torch.float64),
+    }[kind].float().requires_grad_(True)
+    candidates = next_positions(trajectory)
+    assert candidates.shape == (3, 4, 3) and candidates.dtype == torch.float32
+    candidates.sum().backward()
+    assert torch.isfinite(candidates).all() and torch.isfinite(trajectory.grad).all()
+    # every candidate stays near the trajectory (within a few of its own extents)
+    extent = float((trajectory.max(1).values - trajectory.min(1).values).max().detach()) + 1e-3
+    assert float((candidates - trajectory[:, -1:]).abs().max()) < 5 * extent
+
+
+def test_the_classifier_reads_the_trajectory_but_does_not_move_the_keypoints():
+    """The keypoints head classifies from [pooled features, the trajectory's shape]: the logits
+    depend on the trajectory, and the cross-entropy sends no gradient into the readout (only the
+    position losses shape the keypoints)."""
+    torch.manual_seed(0)
+    model = build_model("i3d", HeadParams(type="keypoints"), **TINY_MODELS["i3d"]).eval()
+    videos = torch.randint(0, 256, (2, 4, 32, 3, 64, 64), dtype=torch.uint8)
+    out = model(videos, full=True)
+    F.cross_entropy(out.logits, torch.tensor([0, 1])).backward()
+    assert model.readout.cell.weight.grad is None or model.readout.cell.weight.grad.abs().max() == 0
+    assert model.motion_encoder[0].weight.grad.abs().max() > 0
+    # moving one sample's trajectory (its keypoints) changes its logits
+    with torch.no_grad():
+        model.readout.cell.bias[1::3] += 0.5  # shift every keypoint offset by half a cell
+    assert not torch.allclose(model(videos)[0], out.logits.detach())
+
+
+def test_the_next_position_is_the_class_mixture_of_the_fits():
+    torch.manual_seed(0)
+    model = build_model("transformer", HeadParams(type="keypoints"), **TINY_MODELS["transformer"]).eval()
+    videos = torch.randint(0, 256, (2, 4, 32, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(videos, full=True)
+        expected = torch.einsum("bc,bcd->bd", out.logits.softmax(-1), next_positions(out.trajectory))
+    assert torch.allclose(out.next_position, expected, atol=1e-6)
