@@ -143,9 +143,10 @@ class MultiTaskModel(nn.Module):
             # Detached: only the position losses move the keypoints, the classifier reads them.
             shape = trajectory.detach()
             shape = (shape - shape.mean(1, keepdim=True)) / self.position_std  # (B, T, 3)
-            logits = self.classifier(torch.cat([h, self.motion_encoder(shape.flatten(1)).to(h.dtype)], dim=-1))
-            candidates = next_positions(trajectory)  # (B, 4, 3), one per class
-            next_position = torch.einsum("bc,bcd->bd", logits.float().softmax(-1), candidates)
+            logits = self.classifier(torch.cat([h, self.motion_encoder(shape.flatten(1))], dim=-1))
+            with torch.autocast(device_type=trajectory.device.type, enabled=False):  # bf16 would add ~0.004
+                candidates = next_positions(trajectory)  # (B, 4, 3), one per class
+                next_position = torch.einsum("bc,bcd->bd", logits.float().softmax(-1), candidates)
             out = Outputs(logits, next_position, trajectory, keypoints)
         return out if full else (out.logits, out.next_position)
 

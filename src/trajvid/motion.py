@@ -11,18 +11,24 @@
 The keypoints head mixes these four by its class probabilities. Why fits and not learned linear
 extrapolators (the earlier head): a fixed linear map of the positions is exact for lines and
 parabolas but not for a circle of unknown angular speed, where the best polynomial over the last
-frames amplifies per-frame noise ~2.6x; on the full transformer run's test trajectories
-(per-frame error 0.011) the circle and helix fits below extrapolate with RMSE 0.0054 / 0.0061
-against 0.031 / 0.036 for those polynomials (docs/design.md, "The head and the loss").
+frames amplifies per-frame noise ~2.6x; on the test trajectories of the full transformer run
+with that earlier head (per-frame error 0.011) the circle and helix fits below extrapolated with
+RMSE 0.0054 / 0.0061 against 0.031 / 0.036 for those polynomials (measured with the true class).
 
 The circle: its angular speed w from an algebraic (Kasa) fit of the centre and the least-squares
 slope of the angle around it (unwrapped from frame-to-frame increments, so no branch cut); then
 (x, y) is a linear least-squares fit of [1, cos wt, sin wt], which carries centre, radius and
-phase. Every solve is in float64 with a tiny ridge, so a trajectory no circle fits (a line, a
-point, early training's noise) still gives a finite position and finite gradients.
+phase. Gradients flow through that last fit, not through w: on a straight path (every line and
+parabola goes through the circle fit too) the centre runs off, w goes to 0 and the prediction's
+derivative by w grows without bound (measured up to 2e9 per sample, 350 with 0.01 noise), which
+would make every clipped step tiny; with w held fixed the derivative stays under 1 per sample.
+Every solve is in float64 with a tiny ridge, so a trajectory no circle fits (a line, a point,
+early training's noise) still gives a finite position.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -30,6 +36,7 @@ import torch
 RIDGE = 1e-9  # added to every normal matrix; the matrices' entries are O(1) to O(T)
 
 
+@lru_cache(maxsize=None)
 def polynomial_weights(num_frames: int, degree: int) -> torch.Tensor:
     """Weights w (T,) with next = sum_t w_t p_t: the least-squares polynomial of `degree` through
     all T frames, evaluated at t = T (float64)."""
@@ -63,7 +70,7 @@ def angular_speed(xy: torch.Tensor) -> torch.Tensor:
 def circle_next(xy: torch.Tensor) -> torch.Tensor:
     """The next point (B, 2) of a constant-speed circle fitted to xy (B, T, 2) at t = 0..T-1."""
     B, T, _ = xy.shape
-    w = angular_speed(xy)[:, None]  # (B, 1)
+    w = angular_speed(xy).detach()[:, None]  # (B, 1); why detached: the module docstring
     t = torch.arange(T + 1, dtype=xy.dtype, device=xy.device)
     basis = torch.stack([torch.ones_like(w * t), torch.cos(w * t), torch.sin(w * t)], dim=-1)  # (B, T + 1, 3)
     coefficients = _solve(basis[:, :-1], xy)  # (B, 3, 2)
