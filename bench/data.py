@@ -84,7 +84,7 @@ def main() -> None:
 
     import torch
 
-    from trajvid.data import open_split
+    from trajvid.data.shards import open_split
 
     train = open_split(out, "train")
     for workers in (0, 1, 2):

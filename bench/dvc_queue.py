@@ -24,8 +24,9 @@ from pathlib import Path
 
 import yaml
 
+from trajvid.backbones import BACKBONES
+
 ROOT = Path(__file__).resolve().parents[1]
-BACKBONES = ("i3d", "slowfast", "transformer", "magvit")
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:

@@ -22,10 +22,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def main() -> None:
-    from trajvid.devices import set_threads
-    from trajvid.explain import explain
     from trajvid.model_files import load_trained
-    from trajvid.revisions import load_trained_at
+    from trajvid.runtime.devices import set_threads
+    from trajvid.tools.explain import explain
+    from trajvid.tools.revisions import load_trained_at
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rev", action="append", default=[], help="a revision or experiment (repeat); default: workspace")

@@ -68,7 +68,7 @@ def main() -> None:
         print(f"generate: {time.perf_counter() - start:.1f} s", flush=True)
 
     sys.path.insert(0, str(ROOT / "src"))  # works without installing the package
-    from trajvid.registry import BACKBONES
+    from trajvid.backbones import BACKBONES
 
     names = args.backbone or list(BACKBONES)
     running: list[tuple[str, subprocess.Popen, float]] = []

@@ -25,7 +25,7 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
 
     if threads:
         torch.set_num_threads(threads)
-    from trajvid.models import build_model, count_parameters, multitask_loss
+    from trajvid.head.multitask import build_model, count_parameters, multitask_loss
     from trajvid.params import HeadParams
 
     torch.manual_seed(0)
@@ -103,7 +103,7 @@ def main() -> None:
         print(json.dumps(measure(args.backbone[0], args.device, args.bf16, args.batch, args.steps, args.threads, args.head)))
         return
 
-    from trajvid.registry import BACKBONES
+    from trajvid.backbones import BACKBONES
 
     names = args.backbone or list(BACKBONES)
     header = f"{'backbone':<12} {'params':>10} {'train/s':>8} {'infer/s':>8} {'peak MB':>8}  device"

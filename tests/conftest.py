@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import importlib
 import os
 import shutil
 import subprocess
@@ -12,24 +12,28 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trajvid.registry import BACKBONES
+from trajvid.backbones import BACKBONES, backbone_class
+from trajvid.backbones.base import sizes_block
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: trajvid, dvc
 
-# A fifth backbone (tests/extra_backbone.py), registered the way a new one is, so that every
-# generic model test that takes its list from BACKBONES runs it too.
+# A backbone outside the package (tests/extra_backbone.py), registered the way a new one is (its
+# module named trajvid.backbones.<name>), so that every generic model test that takes its list
+# from BACKBONES runs it too.
+STUDY_BACKBONES = tuple(BACKBONES)  # the repository's own, before the extra one
 EXTRA_BACKBONE = "tinyconv"
-BACKBONES.setdefault(EXTRA_BACKBONE, "extra_backbone:TinyConv")
+if EXTRA_BACKBONE not in BACKBONES:  # (a repository that tests/test_structure.py gave it already has it)
+    sys.modules[f"trajvid.backbones.{EXTRA_BACKBONE}"] = importlib.import_module("extra_backbone")
+    BACKBONES[EXTRA_BACKBONE] = "TinyConv"
 
-# Narrow backbones: the tests check behaviour, not quality.
-TINY_MODELS = {
-    "i3d": {"width": 0.125},
-    "slowfast": {"width": 8},
-    "transformer": {"dim": 64, "depth": 1, "heads": 2},
-    "magvit": {"channels": [8, 16, 32], "dim": 64, "depth": 1, "heads": 2, "codebook_bits": 6},
-    EXTRA_BACKBONE: {"width": 8},
-}
+
+def tiny_sizes(name: str) -> dict:
+    """The sizes in which backbone `name`'s `Config.tiny()` differs from its defaults, as a params
+    block: narrow backbones, for tests of behaviour, not quality."""
+    config = backbone_class(name).Config
+    tiny, default = sizes_block(config.tiny()), sizes_block(config())
+    return {key: value for key, value in tiny.items() if value != default[key]}
 
 
 def default_params() -> dict:
@@ -42,7 +46,7 @@ def tiny_params(num_samples: int = 40, epochs: int = 1, model: str = "i3d") -> d
     params["data"]["workers"] = 2
     params["model"] = model
     for name in params["models"]:  # the backbones of the repository's own params.yaml
-        params["models"][name].update(copy.deepcopy(TINY_MODELS[name]))
+        params["models"][name].update(tiny_sizes(name))
     params["train"].update(
         {"epochs": epochs, "batch_size": 8, "checkpoint_interval": 1, "num_workers": 0, "threads": 2}
     )

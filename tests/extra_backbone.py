@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
-from trajvid.layers import ConvBNReLU, init_weights
+from trajvid.backbones.base import BackboneConfig, FeatureExtractor, InputSize
+from trajvid.backbones.layers import ConvBNReLU, init_weights
 
 
 @dataclass(frozen=True)

@@ -5,19 +5,19 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import run
-from trajvid import scene
+
 from trajvid.baseline import centroids, fit_motions, run_baseline
-from trajvid.geometry import projection_matrices, triangulate
-from trajvid.data import open_split, read_metadata
+from trajvid.data import scene
+from trajvid.data.shards import open_split, read_metadata
+from trajvid.head.geometry import projection_matrices, triangulate
 
 
 def test_triangulation_recovers_points_from_exact_projections():
     K, R, t = scene.camera_matrices(64)
     P = projection_matrices({"K": K, "R": R, "t": t})
     points = np.random.default_rng(0).uniform(-1.5, 1.5, size=(50, 3))
-    uv, _ = scene.project(points, K, R, t)  # (50, 4, 2)
+    uv, _ = scene.to_pixels(points, K, R, t)  # (50, 4, 2)
     assert np.abs(triangulate(torch.from_numpy(uv), P).numpy() - points).max() < 1e-9
 
 

@@ -1,7 +1,6 @@
 """The `trajvid` command on bad input: one line naming the value, exit 2, nothing written."""
 
 import pytest
-
 from conftest import run, tiny_params, write_params
 
 
@@ -12,10 +11,10 @@ from conftest import run, tiny_params, write_params
         (lambda p: p["data"].update(num_frames=0), "data.num_frames=0"),
         (lambda p: p["data"].update(split={"train": 0.7, "validation": 0.1, "test": 0.1}), "sums to 0.9"),
         (lambda p: p["data"].update(colour="red"), "unknown key 'data.colour'"),
-        (lambda p: p.update(model="resnet"), "valid backbones are i3d, slowfast, transformer, magvit"),
+        (lambda p: p.update(model="resnet"), "model: unknown backbone 'resnet'; valid backbones are i3d, "),
         (lambda p: p["train"].update(wieght_decay=0.1), "unknown key 'train.wieght_decay'"),
         (lambda p: p["train"].update(batch_size="16"), "train.batch_size='16'"),
-        (lambda p: p["models"].update(resnet={}), "unknown backbone 'models.resnet'"),
+        (lambda p: p["models"].update(resnet={}), "models: unknown backbone 'resnet'"),
     ],
 )
 def test_bad_params_one_line_exit_2_no_output(tmp_path, edit, needle):

@@ -1,14 +1,13 @@
 """The stored dataset: fields, balance, stratified splits, determinism, HF datasets, loader."""
 
 import hashlib
-import json
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from trajvid.data import MissingDataError, open_split, read_metadata
+from trajvid.data.shards import MissingDataError, open_split, read_metadata
 from trajvid.generate import generate, stratified_split
 from trajvid.params import DataParams, ParamsError, SplitParams
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import BIN, run, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
@@ -68,7 +67,7 @@ def with_one_bad_sample(dataset, out):
     import numpy as np
     import pyarrow as pa
 
-    from trajvid.data import CHECKSUMS, checksum_lines
+    from trajvid.data.shards import CHECKSUMS, checksum_lines
 
     shutil.copytree(dataset, out)
     shard = sorted((out / "data").glob("train-*.arrow"))[0]

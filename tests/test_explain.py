@@ -6,26 +6,36 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BIN, run, tiny_sizes
 from PIL import Image
 from torch import nn
 
-from conftest import BIN, TINY_MODELS, run
-from trajvid.data import open_split, read_metadata
-from trajvid.explain import CAPTION_PX, GIF_SCALE, LABEL_PX, attention_probabilities, attention_rollout, explain, \
-    saliency, share_near, token_rollout
-from trajvid.geometry import project
-from trajvid.layers import SelfAttention, TokenEncoder
+from trajvid.backbones import BACKBONES
+from trajvid.backbones.base import sizes_block
+from trajvid.backbones.layers import SelfAttention, TokenEncoder
+from trajvid.data.shards import open_split, read_metadata
+from trajvid.head.geometry import project
+from trajvid.head.multitask import build_model, multitask_loss
 from trajvid.model_files import input_size_from_shape
-from trajvid.models import backbone_sizes, build_model, multitask_loss
 from trajvid.params import HeadParams
-from trajvid.registry import BACKBONES
+from trajvid.tools.explain import (
+    CAPTION_PX,
+    GIF_SCALE,
+    LABEL_PX,
+    attention_probabilities,
+    attention_rollout,
+    explain,
+    saliency,
+    share_near,
+    token_rollout,
+)
 
 
 def tiny_model(name: str, dataset_dir, **overrides):
     meta = read_metadata(dataset_dir)
     model = build_model(name, HeadParams(), input_size_from_shape(meta["video_shape"]), meta["cameras"],
-                        **{**TINY_MODELS[name], **overrides})
-    config = {"backbone": name, "sizes": backbone_sizes(model), "input": {"cameras": meta["cameras"]}}
+                        **{**tiny_sizes(name), **overrides})
+    config = {"backbone": name, "sizes": sizes_block(model.backbone.config), "input": {"cameras": meta["cameras"]}}
     return model.eval(), config
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-
 from conftest import BIN, run, tiny_params, write_params
-from trajvid.data import DamagedDataError, open_split
+
+from trajvid.data.shards import DamagedDataError, open_split
 from trajvid.generate import generate
 from trajvid.params import DataParams, parse
 from trajvid.train import train
@@ -153,7 +153,7 @@ def not_json(models: Path) -> None:
     (damage_weights_header, "model.safetensors is damaged"),
     (truncate_weights, "model.safetensors is damaged"),
     (drop_head_key, "config.json lacks the key 'head'"),
-    (unknown_backbone, "config.json names an unknown backbone 'resnet50'"),
+    (unknown_backbone, "config.json does not describe a model this code can build (its 'backbone': unknown backbone 'resnet50'"),
     (foreign_sizes, "model.safetensors does not fit the i3d model"),
     (not_json, "config.json is not valid JSON"),
 ])
@@ -354,7 +354,7 @@ cli.main()
 def test_an_interrupted_directory_swap_puts_the_previous_output_back(tmp_path, monkeypatch):
     """Between moving the old output aside and moving the new one in, a failure (a signal, a full
     disk) must leave the old output where it was, not lose it."""
-    from trajvid import files
+    from trajvid.runtime import files
 
     target = tmp_path / "out"
     target.mkdir()

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
 from conftest import BIN, tiny_params, write_params
-from trajvid.gpus import GPU, NoFreeGPU, claim, release, visible
+
+from trajvid.runtime.gpus import GPU, NoFreeGPU, claim, release, visible
 
 GPUS = [GPU(0, "GPU-0aaa"), GPU(1, "GPU-1bbb")]
 
@@ -34,7 +33,7 @@ def machine(tmp_path):
 
 HOLD = """
 import sys, time
-from trajvid.gpus import claim
+from trajvid.runtime.gpus import claim
 chosen = claim()
 print(",".join(g.uuid for g in chosen), flush=True)
 time.sleep(float(sys.argv[1]))
@@ -140,14 +139,14 @@ def test_two_trainings_on_a_one_gpu_machine_run_one_after_the_other(machine, tmp
 
 def test_trainings_on_one_machine_share_its_cores(tmp_path, monkeypatch):
     """threads=0: each running training gets an equal share of the cores, re-counted when one ends."""
-    import trajvid.devices as devices
+    import trajvid.runtime.devices as devices
 
     monkeypatch.setenv("TRAJVID_CPU_SLOTS_DIR", str(tmp_path))
     monkeypatch.setattr(devices, "_slot", None)
     monkeypatch.setattr(devices, "_slot_path", None)
     cores = devices.available_cores()
     assert devices.running_trainings() == 1 and devices.set_threads(0) == cores
-    hold = "from trajvid.devices import running_trainings as r; import time; print(r(), flush=True); time.sleep(60)"
+    hold = "from trajvid.runtime.devices import running_trainings as r; import time; print(r(), flush=True); time.sleep(60)"
     other = subprocess.Popen([sys.executable, "-c", hold], env=os.environ, stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "2"  # it counts us, and itself

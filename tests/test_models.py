@@ -2,16 +2,15 @@
 
 import pytest
 import torch
+from conftest import default_params, tiny_sizes
 
-from conftest import TINY_MODELS
-from trajvid.data import open_split
-from trajvid.models import UnknownBackboneError, backbone_class, build_model, multitask_loss
+from trajvid.backbones import BACKBONES, backbone_class
+from trajvid.data.shards import open_split
+from trajvid.head.multitask import build_model, multitask_loss
 from trajvid.params import HeadParams, ParamsError
-from trajvid.registry import BACKBONES
 
-NAMES = list(BACKBONES)  # the four of the study, plus the extra one conftest.py registers
+NAMES = list(BACKBONES)  # the study's, plus the extra one conftest.py registers
 HEADS = HeadParams.TYPES
-STUDY_FEATURE_DIMS = {"i3d": 1024, "slowfast": 1024, "transformer": 512, "magvit": 1024}
 
 
 def videos(batch: int, seed: int = 0) -> torch.Tensor:
@@ -22,8 +21,10 @@ def videos(batch: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 def test_default_feature_dims_and_output_shapes(name):
     torch.manual_seed(0)
-    model = build_model(name).eval()
-    expected = STUDY_FEATURE_DIMS.get(name, backbone_class(name).Config().feature_dim)
+    # the study's sizes are params.yaml's blocks (I3D 1024, SlowFast 1024, transformer 512, MagVIT 1024)
+    block = default_params()["models"].get(name, {})
+    model = build_model(name, **block).eval()
+    expected = block.get("feature_dim", backbone_class(name).Config().feature_dim)
     assert model.backbone.feature_dim == expected
     with torch.no_grad():
         features, grid = model.backbone(videos(2))
@@ -36,7 +37,7 @@ def test_default_feature_dims_and_output_shapes(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_feature_dim_is_honoured(name):
-    model = build_model(name, feature_dim=96, **TINY_MODELS[name]).eval()
+    model = build_model(name, feature_dim=96, **tiny_sizes(name)).eval()
     with torch.no_grad():
         assert model.backbone(videos(2))[0].shape == (2, 96)
 
@@ -45,7 +46,7 @@ def test_feature_dim_is_honoured(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_parameter_gets_a_finite_nonzero_gradient(name, head):
     torch.manual_seed(0)
-    model = build_model(name, HeadParams(type=head), **TINY_MODELS[name]).train()
+    model = build_model(name, HeadParams(type=head), **tiny_sizes(name)).train()
     out = model(videos(4), full=True)
     labels = torch.tensor([0, 1, 2, 3])
     loss, parts = multitask_loss(model, out, labels, torch.rand(4, 33, 3) - 0.5)
@@ -69,7 +70,7 @@ def test_overfits_a_tiny_fixed_batch(name, tiny_dataset):
     positions = torch.stack([b["positions"] for b in batch])
     target = positions[:, -1]
     torch.manual_seed(0)
-    model = build_model(name, HeadParams(type="pooled"), **TINY_MODELS[name]).train()
+    model = build_model(name, HeadParams(type="pooled"), **tiny_sizes(name)).train()
     model.set_position_stats(target.mean(0), target.std(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     first = None
@@ -89,7 +90,7 @@ def test_eval_outputs_are_deterministic(name):
     outputs = []
     for _ in range(2):
         torch.manual_seed(123)
-        model = build_model(name, **TINY_MODELS[name]).eval()
+        model = build_model(name, **tiny_sizes(name)).eval()
         with torch.no_grad():
             outputs.append(model(videos(2)))  # the default head
     assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
@@ -98,7 +99,7 @@ def test_eval_outputs_are_deterministic(name):
 
 
 def test_pooled_positions_come_back_in_world_units():
-    model = build_model("i3d", HeadParams(type="pooled"), **TINY_MODELS["i3d"]).eval()
+    model = build_model("i3d", HeadParams(type="pooled"), **tiny_sizes("i3d")).eval()
     model.set_position_stats(torch.tensor([1.0, -1.0, 0.5]), torch.tensor([0.5, 0.25, 2.0]))
     with torch.no_grad():
         normalised = model.position_head(model.trunk(model.backbone(videos(2))[0])).view(2, 33, 3)[:, -1]
@@ -107,7 +108,7 @@ def test_pooled_positions_come_back_in_world_units():
 
 
 def test_unknown_backbone_lists_the_valid_names():
-    with pytest.raises(UnknownBackboneError, match="valid names: i3d, slowfast, transformer, magvit"):
+    with pytest.raises(ParamsError, match=f"valid backbones are {', '.join(BACKBONES)}$"):
         build_model("resnet50")
     with pytest.raises(ParamsError, match="unknown key 'models.i3d.depth'"):
         build_model("i3d", depth=3)
@@ -118,7 +119,7 @@ def test_unknown_backbone_lists_the_valid_names():
 def test_weight_decay_groups_by_name(name, head):
     """Decay exactly the weights of Linear and convolution layers; nothing else (defect 1 of the
     structure issue: `position_head.weight` was left undecayed and the CLS token decayed)."""
-    model = build_model(name, HeadParams(type=head), **TINY_MODELS[name])
+    model = build_model(name, HeadParams(type=head), **tiny_sizes(name))
     decay, no_decay = model.parameter_groups(weight_decay=0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     ids = {id(p): n for n, p in model.named_parameters()}
@@ -143,7 +144,7 @@ def test_weight_decay_groups_by_name(name, head):
 
 
 def test_divided_attention_variant_runs():
-    model = build_model("transformer", attention="divided", **TINY_MODELS["transformer"])
+    model = build_model("transformer", attention="divided", **tiny_sizes("transformer"))
     logits, position = model(videos(2))
     assert logits.shape == (2, 4) and position.shape == (2, 3)
 
@@ -151,7 +152,7 @@ def test_divided_attention_variant_runs():
 def test_magvit_is_causal_in_time():
     """Changing the last frames must not change the token ids of earlier time steps."""
     torch.manual_seed(0)
-    model = build_model("magvit", **TINY_MODELS["magvit"]).eval()
+    model = build_model("magvit", **tiny_sizes("magvit")).eval()
     a = videos(1, seed=3)
     b = a.clone()
     b[:, :, 28:] = 255 - b[:, :, 28:]  # change frames 28..31 only
@@ -166,9 +167,10 @@ def test_magvit_is_causal_in_time():
 
 
 def test_triangulation_and_projection_invert_each_other():
-    from trajvid.geometry import default_cameras, project, projection_matrices, triangulate
+    from trajvid.data.scene import cameras_metadata
+    from trajvid.head.geometry import project, projection_matrices, triangulate
 
-    P = projection_matrices(default_cameras(64))
+    P = projection_matrices(cameras_metadata(64))
     points = torch.rand(2, 5, 3, dtype=torch.float64) * 3 - 1.5
     pixels = project(points, P)  # (2, 4, 5, 2)
     assert torch.allclose(triangulate(pixels.transpose(1, 2).double(), P), points, atol=1e-4)
@@ -186,7 +188,7 @@ def test_the_keypoint_head_overfits_a_few_real_samples_below_0_01(tiny_dataset):
     labels = torch.stack([b["label"] for b in batch])
     positions = torch.stack([b["positions"] for b in batch])
     torch.manual_seed(0)
-    model = build_model("transformer", HeadParams(type="keypoints"), **TINY_MODELS["transformer"]).train()
+    model = build_model("transformer", HeadParams(type="keypoints"), **tiny_sizes("transformer")).train()
     model.set_position_stats(positions[:, -1].mean(0), positions[:, -1].std(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / 300)

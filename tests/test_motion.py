@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_sizes
 
-from conftest import TINY_MODELS
-from trajvid import scene
-from trajvid.models import build_model
-from trajvid.motion import next_positions, polynomial_weights
+from trajvid.data import scene
+from trajvid.head.motion import next_positions, polynomial_weights
+from trajvid.head.multitask import build_model
 from trajvid.params import HeadParams
 
 
@@ -101,7 +101,7 @@ def test_the_classifier_reads_the_trajectory_but_does_not_move_the_keypoints():
     depend on the trajectory, and the cross-entropy sends no gradient into the readout (only the
     position losses shape the keypoints)."""
     torch.manual_seed(0)
-    model = build_model("i3d", HeadParams(type="keypoints"), **TINY_MODELS["i3d"]).eval()
+    model = build_model("i3d", HeadParams(type="keypoints"), **tiny_sizes("i3d")).eval()
     videos = torch.randint(0, 256, (2, 4, 32, 3, 64, 64), dtype=torch.uint8)
     out = model(videos, full=True)
     F.cross_entropy(out.logits, torch.tensor([0, 1])).backward()
@@ -118,7 +118,7 @@ def test_the_next_position_is_the_class_mixture_of_the_fits_in_float32(bf16):
     """Under bf16 autocast the backbone runs in bf16, but the fits and their mixture stay in
     float32: bf16 rounding alone (~0.004 near 1.5 world units) would be as large as the fits' error."""
     torch.manual_seed(0)
-    model = build_model("transformer", HeadParams(type="keypoints"), **TINY_MODELS["transformer"]).eval()
+    model = build_model("transformer", HeadParams(type="keypoints"), **tiny_sizes("transformer")).eval()
     videos = torch.randint(0, 256, (2, 4, 32, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = model(videos, full=True)

@@ -4,11 +4,11 @@ configuration or in a ParamsError naming that key, never in another exception.""
 import copy
 import math
 
+from conftest import STUDY_BACKBONES, default_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import default_params
-from trajvid.models import backbone_config
+from trajvid.backbones.base import backbone_config
 from trajvid.params import ParamsError, parse
 
 DEFAULTS = default_params()
@@ -27,7 +27,7 @@ PATHS = sorted(key_paths(DEFAULTS))
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["i3d", "magvit", "fp32", "bf16", "joint", "divided", "cls", "mean", "yes", "no"]),
+    st.sampled_from([*STUDY_BACKBONES, "fp32", "bf16", "joint", "divided", "cls", "mean", "yes", "no"]),
 )
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                        st.dictionaries(st.text(max_size=6), inner, max_size=3)),
@@ -49,7 +49,7 @@ def set_path(raw: dict, path: tuple, value) -> None:
 
 # derandomize: CI runs the same examples every time (a failure is reproducible, never flaky)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(path=st.sampled_from(PATHS), value=values, select=st.sampled_from(["i3d", "slowfast", "transformer", "magvit"]))
+@given(path=st.sampled_from(PATHS), value=values, select=st.sampled_from(STUDY_BACKBONES))
 def test_any_value_on_any_key_is_a_valid_config_or_a_params_error_naming_the_key(path, value, select):
     raw = copy.deepcopy(DEFAULTS)
     if path[0] != "model":

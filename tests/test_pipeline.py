@@ -8,8 +8,7 @@ import time
 
 import pytest
 import yaml
-
-from conftest import BIN, make_repo, run, start_queue, tiny_params
+from conftest import BIN, STUDY_BACKBONES, make_repo, run, start_queue, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +135,9 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
     raw = tiny_params(num_samples=40, epochs=1)
     raw["train"]["threads"] = 0  # two at once (-j 2) share the cores instead of oversubscribing them
     repo = make_repo(tmp_path / "exps", raw)
-    run(["dvc", "exp", "run", "-n", "exp-magvit", "-S", "model=magvit"], repo)
-    for name in ("slowfast", "transformer", "i3d"):
+    first, *others = STUDY_BACKBONES  # frame2d, the control, among them
+    run(["dvc", "exp", "run", "-n", f"exp-{first}", "-S", f"model={first}"], repo)
+    for name in others:
         run(["dvc", "exp", "run", "--queue", "-n", f"exp-{name}", "-S", f"model={name}"], repo)
     run(["dvc", "exp", "run", "--queue", "-n", "exp-i3d-seed-7", "-S", "model=i3d", "-S", "seed=7"], repo)
     start_queue(repo, 2)
@@ -161,13 +161,13 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
             for rev in exp["revs"]:
                 metrics = rev["data"]["metrics"]["metrics/metrics.json"]["data"]
                 found[rev["name"]] = metrics["model"]["name"]
-    assert found == {**{f"exp-{n}": n for n in ("magvit", "slowfast", "transformer", "i3d")}, "exp-i3d-seed-7": "i3d"}, found
+    assert found == {**{f"exp-{n}": n for n in STUDY_BACKBONES}, "exp-i3d-seed-7": "i3d"}, found
     table = run(["dvc", "exp", "show", "--no-pager", "--md"], repo).stdout
-    assert "test.accuracy" in table and "exp-magvit" in table
+    assert "test.accuracy" in table and f"exp-{first}" in table
 
     # `trajvid status`: the finished experiments with their test figures
     rows = {r["name"]: r for r in json.loads(run(["trajvid", "status", "--json"], repo).stdout)["runs"]}
-    for name in ("exp-slowfast", "exp-transformer", "exp-i3d", "exp-i3d-seed-7"):
+    for name in [f"exp-{n}" for n in others] + ["exp-i3d-seed-7"]:
         assert rows[name]["state"] == "finished" and rows[name]["test_accuracy"] is not None, rows
     assert (rows["exp-i3d-seed-7"]["backbone"], rows["exp-i3d-seed-7"]["seed"]) == ("i3d", 7)
 
@@ -290,7 +290,7 @@ def mean_of_outputs(repo, branches) -> dict:
     model checked out and run on its own (what `trajvid ensemble` must equal)."""
     import torch
 
-    from trajvid.data import open_split
+    from trajvid.data.shards import open_split
     from trajvid.model_files import load_trained
 
     probabilities, positions = [], []

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from conftest import run
-from trajvid.report import Run, load_ensembles
+
+from trajvid.tools.report import ReportedRun, load_ensembles
 
 
 def ensemble_json(rmse: float) -> str:
@@ -44,8 +45,8 @@ def test_an_experiment_does_not_claim_the_ensemble_its_base_commit_holds(tmp_pat
         git(repo, "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/{name}", sha)
     (repo / "metrics" / "ensemble.json").unlink()  # no workspace ensemble: only the revisions speak
 
-    found = load_ensembles(repo, [Run("kept", kept, {}, {}), Run("made", made, {}, {})])
+    found = load_ensembles(repo, [ReportedRun("kept", kept, {}, {}), ReportedRun("made", made, {}, {})])
     assert [(e.source, e.metrics["test"]["position_rmse"]) for e in found] == [("made", 0.01)]
     # a branch or commit keeps what it holds, inherited or not
-    found = load_ensembles(repo, [Run("main", base, {}, {}), Run("kept", kept, {}, {})])
+    found = load_ensembles(repo, [ReportedRun("main", base, {}, {}), ReportedRun("kept", kept, {}, {})])
     assert [(e.source, e.metrics["test"]["position_rmse"]) for e in found] == [("main", 0.02)]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from trajvid import scene
-from trajvid.data import open_split
+from trajvid.data import scene
+from trajvid.data.shards import open_split
 
 SAMPLES_PER_CLASS = 200
 
@@ -80,14 +80,14 @@ def test_cameras_look_at_the_origin_from_the_spec_positions():
     K, R, t = scene.camera_matrices(64)
     centres = np.einsum("cji,cj->ci", R, -t)  # C = -R^T t
     assert np.allclose(centres, [[5, 0, 2], [0, 5, 2], [-5, 0, 2], [0, -5, 2]])
-    uv, depth = scene.project(np.zeros(3), K, R, t)
+    uv, depth = scene.to_pixels(np.zeros(3), K, R, t)
     assert np.allclose(uv, 32.0) and np.all(depth > 0)
     assert K[0, 0, 0] == pytest.approx(32 / np.tan(np.radians(30)))
     # z up renders upright: a higher point appears higher in the image (smaller v)
-    up, _ = scene.project(np.array([0.0, 0.0, 1.0]), K, R, t)
+    up, _ = scene.to_pixels(np.array([0.0, 0.0, 1.0]), K, R, t)
     assert np.all(up[:, 1] < 32)
     # not mirrored: camera 0 at +x looks towards -x, so +y is on its right (larger u)
-    right, _ = scene.project(np.array([0.0, 1.0, 0.0]), K, R, t)
+    right, _ = scene.to_pixels(np.array([0.0, 1.0, 0.0]), K, R, t)
     assert right[0, 0] > 32
 
 
@@ -104,7 +104,7 @@ def test_rendered_centroid_matches_projection(tiny_dataset):
         assert weight.min() >= 0
         total = weight.sum((-1, -2))
         cx, cy = (weight * xs).sum((-1, -2)) / total, (weight * ys).sum((-1, -2)) / total
-        uv, _ = scene.project(sample["positions"].numpy()[:32].astype(np.float64), K, R, t)  # (32, 4, 2)
+        uv, _ = scene.to_pixels(sample["positions"].numpy()[:32].astype(np.float64), K, R, t)  # (32, 4, 2)
         error = np.hypot(cx - uv[..., 0].T, cy - uv[..., 1].T)
         worst = max(worst, error.max())
     assert worst < 0.5, worst
@@ -117,7 +117,7 @@ def test_sphere_shrinks_with_depth(tiny_dataset):
     for i in range(0, len(split), 5):
         sample = split[i]
         lit = (sample["video"].numpy()[:, :, 0].astype(int) - int(scene.BACKGROUND[0])) > 60
-        _, depth = scene.project(sample["positions"].numpy()[:32].astype(np.float64), K, R, t)
+        _, depth = scene.to_pixels(sample["positions"].numpy()[:32].astype(np.float64), K, R, t)
         areas.append(lit.sum((-1, -2)).ravel())
         depths.append(depth.T.ravel())
     corr = np.corrcoef(np.concatenate(areas), 1 / np.concatenate(depths) ** 2)[0, 1]

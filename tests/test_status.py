@@ -11,9 +11,9 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import BIN, make_repo, run, tiny_params, write_params
-from trajvid.heartbeat import RELATIVE_PATH
+
+from trajvid.runtime.heartbeat import RELATIVE_PATH
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_queue_workers_are_counted_per_repository_from_proc(tmp_path):
     repository and for no other."""
     import sys
 
-    from trajvid.status import queue_workers, worker_node_prefix
+    from trajvid.tools.status import queue_workers, worker_node_prefix
 
     ours = worker_node_prefix(str(tmp_path / "ours" / ".dvc" / "tmp" / "exps" / "celery"))
     other = worker_node_prefix(str(tmp_path / "other" / ".dvc" / "tmp" / "exps" / "celery"))

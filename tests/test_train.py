@@ -9,16 +9,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+from conftest import tiny_params, tiny_sizes
 
-from conftest import TINY_MODELS, tiny_params
 from trajvid import checkpoint
+from trajvid.data.shards import CHECKSUMS, checksum_lines, read_metadata
 from trajvid.evaluate import evaluate
-from trajvid.data import CHECKSUMS, checksum_lines, read_metadata
-from trajvid.geometry import projection_matrices
+from trajvid.head.geometry import projection_matrices
+from trajvid.head.multitask import LossWeights, build_model, multitask_loss
 from trajvid.model_files import load_trained
-from trajvid.models import LossWeights, build_model, multitask_loss
 from trajvid.params import parse
-from trajvid.train import TrainingDiverged, finish, fingerprint, setup, train, validate
+from trajvid.train import TrainingDiverged, fingerprint, finish, setup, train, validate
 
 
 def params_for(model="i3d", epochs=2, **train_overrides):
@@ -30,7 +30,7 @@ def params_for(model="i3d", epochs=2, **train_overrides):
 def test_weight_decay_is_really_applied():
     """With zero gradients, one AdamW step shrinks every decayed weight by exactly (1 - lr * wd)
     and leaves everything else as it was."""
-    model = build_model("i3d", **TINY_MODELS["i3d"])
+    model = build_model("i3d", **tiny_sizes("i3d"))
     optimizer = model.configure_optimizer(learning_rate=0.01, weight_decay=0.1)
     decay, no_decay = optimizer.param_groups
     before = {id(p): p.detach().clone() for p in model.parameters()}

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trajvid.data import open_split, read_metadata
-from trajvid.files import write_json, writing
-from trajvid.geometry import projection_matrices, triangulate
+from trajvid.data.scene import BACKGROUND, CLASS_NAMES
+from trajvid.data.shards import open_split, read_metadata
+from trajvid.head.geometry import projection_matrices, triangulate
 from trajvid.metrics import SplitMetrics
-from trajvid.scene import BACKGROUND, CLASS_NAMES
+from trajvid.runtime.files import write_json, writing
 
 MODELS = CLASS_NAMES  # one motion model per class, in class-id order
 NUM_PARAMETERS = {"linear": 6, "circular": 6, "helical": 7, "parabolic": 7}

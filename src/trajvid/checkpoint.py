@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trajvid.errors import TrajvidError, first_line
-from trajvid.files import atomic_directory, is_temporary, writing
 from trajvid.model_files import contiguous_state
+from trajvid.runtime.files import atomic_directory, is_temporary, writing
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{3,})$")
 

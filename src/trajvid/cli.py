@@ -1,8 +1,10 @@
-"""The `trajvid` command: the pipeline's stages, each reading params.yaml.
+"""The `trajvid` command: the pipeline's four stages and the tools beside them.
 
-Only argument parsing and dispatch live here: each command reads params.yaml and calls its stage
-function, which receives everything it computes with as arguments. (That is why dvc.yaml lists
-the stage modules as deps and not this file: see docs/design.md, "Stage dependencies".)
+Each command parses its arguments, reads what it needs (the stages and `evaluate`'s thread and
+worker counts: params.yaml; the tools: the repository, the data and models they are given) and
+calls one function of a stage or tool module, which receives everything it computes with as
+arguments. (That is why dvc.yaml lists the stage modules as deps and not this file: see
+docs/design.md, "Stage dependencies".)
 
 Expected failures (bad params, missing or damaged data and model files, a full disk, a diverged
 training, SIGTERM or Ctrl-C) end with one line `error: ...` on stderr and an exit code: 2 for bad
@@ -23,7 +25,7 @@ import typer
 from trajvid.errors import Interrupted, TrajvidError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="The trajvid pipeline's stages, each reading params.yaml (see README.md).")
+                  help="The trajvid pipeline's stages and the tools beside them (see README.md).")
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="The parameters file.")
 
@@ -110,7 +112,7 @@ def _interrupt_in(error: BaseException | None) -> BaseException | None:
 def _claim_gpu() -> None:
     """A free GPU of its own for this run (a no-op without GPUs), before anything starts CUDA:
     which GPU a run uses is decided here and is not a DVC param (see gpus.py)."""
-    from trajvid.gpus import claim
+    from trajvid.runtime.gpus import claim
 
     claim()
 
@@ -199,7 +201,7 @@ def status(
     """The workspace's training and every queued, running, finished or failed DVC experiment."""
     import json
 
-    from trajvid.status import collect, render
+    from trajvid.tools.status import collect, render
 
     result = collect(repo)
     typer.echo(json.dumps(result, indent=2) if as_json else render(result))
@@ -214,7 +216,7 @@ def report(
     repo: Path = typer.Option(Path("."), "--repo", help="The repository."),
 ) -> None:
     """Tables and charts comparing the backbones: reports/comparison.{md,html} and PNG charts."""
-    from trajvid.report import report as run
+    from trajvid.tools.report import report as run
 
     result = run(repo, revisions or None, out)
     typer.echo(f"wrote {result['out']}/comparison.md, comparison.html and {len(result['charts'])} charts "
@@ -232,10 +234,10 @@ def ensemble(
 ) -> None:
     """Average the models of several revisions and evaluate them as one: metrics/ensemble.json."""
     _claim_gpu()
-    from trajvid.devices import set_threads
+    from trajvid.runtime.devices import set_threads
 
     set_threads(0)  # this process's share of the cores, beside any running training
-    from trajvid.ensemble import ensemble as run
+    from trajvid.tools.ensemble import ensemble as run
 
     result = run(repo, revisions, data, out, weights)
     test, best = result["test"], result["ensemble"]["best_member"]
@@ -257,22 +259,12 @@ def explain(
     repo: Path = typer.Option(Path("."), "--repo", help="The repository (with --rev)."),
 ) -> None:
     """Saliency maps (and attention rollout) of a trained model on a sample: PNG grid, GIF, JSON."""
-    from trajvid.devices import set_threads
-    from trajvid.explain import explain as run
+    from trajvid.runtime.devices import set_threads
+    from trajvid.tools.explain import explain as run
+    from trajvid.tools.explain import trained_model
 
     set_threads(0)  # this process's share of the cores, beside any running training
-    if rev is None:
-        from trajvid.model_files import load_trained
-
-        trained, config = load_trained(model)
-    else:
-        from trajvid.data import CHECKSUMS
-        from trajvid.revisions import check_trained_on, load_trained_at
-
-        member = load_trained_at(repo.resolve(), rev)
-        trained, config = member.model, member.config
-        if (data / CHECKSUMS).is_file():  # without it, `run` stops at the dataset in one line of its own
-            check_trained_on(member, data)
+    trained, config = trained_model(rev, model, repo, data)
     for result in run(trained, config, data, split, sample, out, rev or "workspace"):
         shares = ", ".join(f"{k} {v:.0%}" for k, v in result["shares"].items())
         typer.echo(f"{result['files'][0]} (+ .gif, .json): {split} sample {result['index']}, true "

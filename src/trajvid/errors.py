@@ -10,6 +10,11 @@ class TrajvidError(Exception):
     exit_code = 2
 
 
+class ParamsError(TrajvidError, ValueError):
+    """A bad parameter: the message names the key, the value and what is allowed (params.yaml, a
+    backbone's block, a model's config.json)."""
+
+
 def first_line(error: BaseException) -> str:
     """An exception's message cut to one line for an `error: ...` message (its type if empty)."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -10,31 +10,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
-from trajvid.data import open_split
-from trajvid.devices import set_threads
-from trajvid.files import write_json, writing
+from trajvid.data.scene import CLASS_NAMES
+from trajvid.data.shards import open_split
+from trajvid.head.multitask import count_parameters
+from trajvid.inference import outputs
 from trajvid.metrics import SplitMetrics
 from trajvid.model_files import WEIGHTS, load_trained
-from trajvid.models import count_parameters
-from trajvid.scene import CLASS_NAMES
+from trajvid.runtime.devices import set_threads
+from trajvid.runtime.files import write_json, writing
 
 
-@torch.no_grad()
 def predict(model, dataset, batch_size: int = 32, num_workers: int = 2) -> tuple[SplitMetrics, list[dict]]:
     """The test figures and one {actual, predicted} row per sample."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device)
     metrics, confusion = SplitMetrics(), []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        logits, position = model(batch["video"].to(device))
+    for batch, [(logits, position)] in outputs([model], dataset, batch_size, num_workers):
         labels = batch["label"]
-        metrics.add(logits, labels, position, batch["positions"][:, -1].to(device))
-        predicted = logits.argmax(-1).cpu()
+        metrics.add(logits, labels, position, batch["positions"][:, -1].to(position.device))
         confusion += [{"actual": CLASS_NAMES[a], "predicted": CLASS_NAMES[p]}
-                      for a, p in zip(labels.tolist(), predicted.tolist())]
+                      for a, p in zip(labels.tolist(), logits.argmax(-1).cpu().tolist())]
     return metrics, confusion
 
 

@@ -21,11 +21,19 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from trajvid import scene
-from trajvid.data import CHECKSUMS, SPLITS, arrow_schema, checksum_lines, compress_video, record_batch, shard_name
-from trajvid.devices import available_cores
-from trajvid.files import atomic_directory, writing
+from trajvid.data import scene
+from trajvid.data.shards import (
+    CHECKSUMS,
+    SPLITS,
+    arrow_schema,
+    checksum_lines,
+    compress_video,
+    record_batch,
+    shard_name,
+)
 from trajvid.params import DataParams, ParamsError
+from trajvid.runtime.devices import available_cores
+from trajvid.runtime.files import atomic_directory, writing
 
 BYTES_PER_SAMPLE = 7_400  # measured at 4 x 32 x 64 x 64 (the default); for the disk-space estimate
 
@@ -105,8 +113,8 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
     data.check("data")
     out = Path(out)
     splits = stratified_split(seed, data)
-    video_shape = (len(scene.camera_matrices()[0]), data.num_frames, data.image_size, data.image_size, 3)
-    cameras = cameras_metadata(data.image_size)
+    video_shape = (scene.NUM_CAMERAS, data.num_frames, data.image_size, data.image_size, 3)
+    cameras = scene.cameras_metadata(data.image_size)
     schema = arrow_schema(video_shape, data.num_frames + 1, cameras)
 
     # Tasks in file order: split by split, shard by shard, chunk by chunk.
@@ -220,28 +228,16 @@ class _Workers:
             process.join()
 
 
-def cameras_metadata(image_size: int) -> dict:
-    K, R, t = scene.camera_matrices(image_size)
-    return {
-        "convention": "OpenCV: x_cam = R @ x_world + t; (u, v) = (K @ x_cam)[:2] / x_cam[2]; pixel (0,0) centre at (0.5, 0.5)",
-        "azimuth_deg": [0, 90, 180, 270],
-        "K": np.round(K, 10).tolist(),
-        "R": np.round(R, 10).tolist(),
-        "t": np.round(t, 10).tolist(),
-    }
-
-
 def dataset_card(summary: dict, video_shape: tuple, cameras: dict) -> str:
+    """The dataset's README.md: a HuggingFace card (its YAML header maps the files to the splits)
+    that documents what was generated. Part of the data: its text is byte-identical for the same
+    params, so a change here changes every dataset's fingerprint."""
+    return (_card_header(summary) + _card_fields(summary["data"], video_shape) + _card_splits(summary)
+            + _card_scene(summary["data"]) + _card_cameras(cameras))
+
+
+def _card_header(summary: dict) -> str:
     data = summary["data"]
-    split_rows = "\n".join(
-        f"| {split} | " + " | ".join(str(n) for n in counts.values()) + f" | {sum(counts.values())} |"
-        for split, counts in summary["splits"].items()
-    )
-    range_rows = "\n".join(
-        f"| {name} | " + ", ".join(f"{k}: {_fmt_range(v)}" for k, v in ranges.items()) + " |"
-        for name, ranges in scene.RANGES.items()
-    )
-    files = "\n".join(f"- `{f}`" for f in summary["files"])
     return f"""---
 pretty_name: trajvid synthetic multi-view trajectories
 license: cc0-1.0
@@ -273,7 +269,11 @@ Made by `trajvid generate` (the `generate` stage of the trajvid DVC pipeline) wi
 
 The same parameters produce byte-identical files.
 
-## Fields
+"""
+
+
+def _card_fields(data: dict, video_shape: tuple) -> str:
+    return f"""## Fields
 
 | field | type | meaning |
 |---|---|---|
@@ -293,7 +293,16 @@ video = np.frombuffer(raw, np.uint8).reshape{tuple(video_shape)}
 or use `trajvid.data.open_split("data/trajectories", "train")`, which returns channel-first
 tensors (camera, frame, channel, height, width) decoded lazily.
 
-## Splits
+"""
+
+
+def _card_splits(summary: dict) -> str:
+    split_rows = "\n".join(
+        f"| {split} | " + " | ".join(str(n) for n in counts.values()) + f" | {sum(counts.values())} |"
+        for split, counts in summary["splits"].items()
+    )
+    files = "\n".join(f"- `{f}`" for f in summary["files"])
+    return f"""## Splits
 
 Stratified by class (the same fractions of every class), fixed by the seed.
 
@@ -305,7 +314,15 @@ Files (their SHA-256 sums are in `SHA256SUMS`; check them with `sha256sum -c SHA
 
 {files}
 
-## The scene
+"""
+
+
+def _card_scene(data: dict) -> str:
+    range_rows = "\n".join(
+        f"| {name} | " + ", ".join(f"{k}: {_fmt_range(v)}" for k, v in ranges.items()) + " |"
+        for name, ranges in scene.RANGES.items()
+    )
+    return f"""## The scene
 
 World units, z up. Every position lies in the cube [-1.5, 1.5]^3. A sphere of radius
 {scene.SPHERE_RADIUS} (one colour for all classes), perspective-projected, anti-aliased, with headlight
@@ -332,7 +349,11 @@ Parameter ranges actually sampled (SPEC ranges, adjusted to keep every point in 
 Optional Gaussian position noise of standard deviation `noise_std` is added to every position
 (then clipped to the cube).
 
-## Cameras
+"""
+
+
+def _card_cameras(cameras: dict) -> str:
+    return f"""## Cameras
 
 ```json
 {json.dumps(cameras, indent=1)}

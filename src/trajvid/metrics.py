@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from trajvid.scene import CLASS_NAMES
+from trajvid.data.scene import CLASS_NAMES
 
 
 class SplitMetrics:

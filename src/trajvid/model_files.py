@@ -14,12 +14,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from trajvid.backbone import InputSize
+from trajvid.backbones import check_name
+from trajvid.backbones.base import InputSize
 from trajvid.errors import TrajvidError, first_line
-from trajvid.files import atomic_write, write_json, writing
-from trajvid.models import MultiTaskModel, build_model
+from trajvid.head.multitask import MultiTaskModel, build_model
 from trajvid.params import HeadParams, ParamsError, from_dict
-from trajvid.registry import BACKBONES
+from trajvid.runtime.files import atomic_write, write_json, writing
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 REMEDY = "restore it with `dvc checkout --force train` (the train stage's outputs; or `dvc pull --force train`), or retrain with `dvc repro train`"
@@ -107,9 +107,10 @@ def read_config(path: Path) -> dict:
     for key in REQUIRED_KEYS:
         if key not in config:
             raise ModelFileError(f"{path} lacks the key '{key}'; {REMEDY}")
-    if config["backbone"] not in BACKBONES:
-        raise ModelFileError(f"{path} names an unknown backbone {config['backbone']!r} "
-                             f"(this code knows {', '.join(BACKBONES)}); {REMEDY}")
+    try:
+        check_name(config["backbone"], "its 'backbone'")
+    except ParamsError as error:
+        raise ModelFileError(f"{path} does not describe a model this code can build ({error}); {REMEDY}") from None
     shape = config["input"].get("video_shape_stored") if isinstance(config["input"], dict) else None
     if not (isinstance(shape, list) and len(shape) == 5 and all(isinstance(n, int) and n > 0 for n in shape)):
         raise ModelFileError(f"{path} has no valid 'input.video_shape_stored'; {REMEDY}")

@@ -6,7 +6,7 @@ weight decay), so unknown keys are errors, not ignored.
 Each group lists the keys that only say *how* a stage runs, not *what* it computes (`RUNTIME`):
 they stay out of the stage's params in dvc.yaml and out of the checkpoint fingerprint, so that
 changing them never invalidates a result. The backbones' own blocks (`models.<name>`) are checked
-by the backbone's config class when a model is built (`trajvid.models.backbone_config`); this
+by the backbone's config class when a model is built (`trajvid.head.multitask.backbone_config`); this
 module only needs their names, and imports no torch.
 """
 
@@ -22,12 +22,11 @@ from typing import Any, ClassVar
 
 import yaml
 
-from trajvid.errors import TrajvidError, first_line
-from trajvid.registry import BACKBONES
+from trajvid.backbones import check_name
+from trajvid.errors import ParamsError, first_line
 
-
-class ParamsError(TrajvidError, ValueError):
-    """A bad parameter: the message names the key, the value and what is allowed."""
+__all__ = ["ParamsError", "Params", "DataParams", "TrainParams", "HeadParams", "SplitParams", "load", "parse",
+           "from_dict"]
 
 
 @dataclass(frozen=True)
@@ -232,16 +231,12 @@ def parse(raw: Any) -> Params:
     unknown = sorted(map(str, set(raw) - top))
     if unknown:
         raise ParamsError(f"unknown key {unknown[0]!r} in params.yaml; allowed top-level keys: {', '.join(sorted(top))}")
-    model = raw.get("model", "i3d")
-    if not isinstance(model, str) or model not in BACKBONES:
-        raise ParamsError(f"model={model!r} is not allowed: valid backbones are {', '.join(BACKBONES)}")
+    model = check_name(raw.get("model", "i3d"), "model")
     blocks = raw.get("models") or {}
     if not isinstance(blocks, dict):
         raise ParamsError(f"models={blocks!r} is not allowed: must map backbone names to their sizes")
-    unknown = sorted(map(str, set(blocks) - set(BACKBONES)))
-    if unknown:
-        raise ParamsError(f"unknown backbone {'models.' + unknown[0]!r}; valid backbones are {', '.join(BACKBONES)}")
     for name, block in blocks.items():
+        check_name(name, "models")
         if block is not None and not isinstance(block, dict):
             raise ParamsError(f"models.{name}={block!r} is not allowed: must be a mapping of size keys to values")
     seed = _coerce("seed", raw.get("seed", 42), int)

@@ -35,16 +35,23 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from trajvid import checkpoint
-from trajvid.data import open_split, read_metadata
-from trajvid.devices import set_threads
+from trajvid.backbones import module_name
+from trajvid.backbones.base import backbone_config, sizes_block
+from trajvid.data.shards import dataset_fingerprint, open_split, read_metadata
 from trajvid.errors import TrajvidError
-from trajvid.heartbeat import Heartbeat
+from trajvid.head.multitask import (
+    LossWeights,
+    MultiTaskModel,
+    Outputs,
+    count_parameters,
+    model_from_config,
+    multitask_loss,
+)
 from trajvid.metrics import SplitMetrics
 from trajvid.model_files import input_size_from_shape, write_model
-from trajvid.models import (LossWeights, MultiTaskModel, Outputs, backbone_config, backbone_sizes, build_model,
-                            count_parameters, multitask_loss)
 from trajvid.params import Params, ParamsError, TrainParams
-from trajvid.registry import BACKBONES
+from trajvid.runtime.devices import set_threads
+from trajvid.runtime.heartbeat import Heartbeat
 
 TRACKED_WITH_DVCLIVE = "dvclive"
 
@@ -55,50 +62,54 @@ class TrainingDiverged(TrajvidError):
 
 # Imported by the training but not what it computes: the status heartbeat (docs/design.md,
 # "Stage dependencies"); editing it must not make checkpoints foreign.
-NOT_COMPUTATION = {"trajvid.heartbeat"}
+NOT_COMPUTATION = {"trajvid.runtime.heartbeat"}
 
 
 def code_version(backbone: str) -> str:
     """A hash of the code the training runs (train.py, what it imports, the backbone's module:
     what dvc.yaml lists as the stage's deps): a checkpoint written by other code is never resumed,
     even with the same params. Found statically, so every process gets the same answer."""
-    module, _, _ = BACKBONES[backbone].partition(":")
     digest = hashlib.sha256()
-    for name in sorted(imported_closure([__name__, module]) - NOT_COMPUTATION):
+    for name in sorted(imported_closure([__name__, module_name(backbone)]) - NOT_COMPUTATION):
         digest.update(name.encode() + b"\0" + Path(importlib.util.find_spec(name).origin).read_bytes())
     return digest.hexdigest()[:16]
 
 
 def imported_closure(names: list[str]) -> set[str]:
-    """`names` and every trajvid module they import, transitively (read from their source)."""
+    """`names` and every trajvid module they import, transitively (read from their source),
+    with the packages they sit in (importing `trajvid.head.motion` runs `trajvid/head/__init__.py`)
+    and the modules a `from package import name` names."""
     seen: set[str] = set()
+    names = list(names)
     while names:
         name = names.pop()
-        if name in seen or not name.startswith("trajvid."):
+        if name in seen or not name.startswith("trajvid.") or importlib.util.find_spec(name) is None:
             continue
         seen.add(name)
+        names.append(name.rpartition(".")[0])  # the package it sits in
         tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "trajvid":
-                names += [f"trajvid.{alias.name}" for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
+            if isinstance(node, ast.ImportFrom) and node.module:
                 names.append(node.module)
+                names += [f"{node.module}.{alias.name}" for alias in node.names if _is_module(f"{node.module}.{alias.name}")]
             elif isinstance(node, ast.Import):
                 names += [alias.name for alias in node.names]
     return seen
 
 
+def _is_module(name: str) -> bool:
+    try:
+        return name.startswith("trajvid.") and importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # `from trajvid.x import function`: x is a module, x.function is not
+        return False
+
+
 def fingerprint(params: Params, sizes: dict, data_dir: Path, processes: int = 1) -> str:
     """Identifies what a training computes: a checkpoint is only ever resumed by the same one."""
     train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in TrainParams.RUNTIME}
-    shards = sorted((data_dir / "data").glob("*.arrow"))
-    data = {
-        "card": hashlib.sha256((data_dir / "README.md").read_bytes()).hexdigest(),
-        "shards": [(p.name, p.stat().st_size) for p in shards],
-    }
     blob = json.dumps(
         {"seed": params.seed, "model": params.model, "sizes": sizes, "head": dataclasses.asdict(params.head),
-         "train": train, "data": data, "code": code_version(params.model),
+         "train": train, "data": dataset_fingerprint(data_dir), "code": code_version(params.model),
          "processes": processes},  # the global batch and the schedule's length depend on it
         sort_keys=True,
     )
@@ -117,7 +128,7 @@ def lr_lambda(total_steps: int, warmup_steps: int):
 
 
 @dataclass
-class Run:
+class TrainingRun:
     """What one training run carries from epoch to epoch."""
 
     params: Params
@@ -151,7 +162,9 @@ class Run:
 
 
 def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | None,
-          status_dir: Path | None = None) -> Run:
+          status_dir: Path | None = None) -> TrainingRun:
+    """Data, model, loaders, optimizer and schedule of a run, resumed from its latest checkpoint
+    if there is one, with logging and the heartbeat started."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
@@ -164,7 +177,6 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
     train_set = open_split(data_dir, "train")  # raises MissingDataError naming `dvc repro generate`
     val_set = open_split(data_dir, "validation")
     data_meta = read_metadata(data_dir)
-    input_size = input_size_from_shape(data_meta["video_shape"])
 
     accelerator = Accelerator(
         mixed_precision="no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision,
@@ -172,32 +184,18 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=params.seed),
     )
     set_seed(params.seed)
-    model = build_model(params.model, params.head, input_size, data_meta["cameras"], **params.backbone_sizes)
-    sizes = backbone_sizes(model)
+    model = model_from_config(params.model, backbone, params.head, input_size_from_shape(data_meta["video_shape"]),
+                              data_meta["cameras"])
     targets = torch.from_numpy(train_set.positions[:, -1].copy())
     model.set_position_stats(targets.mean(0), targets.std(0))
-    # Workers are not persistent: each epoch's iterator then draws its worker seed from the torch
-    # RNG at the same point of an uninterrupted and of a resumed run, keeping them identical.
-    # train.batch_size is the batch of one optimizer step, whatever the number of processes: each
-    # process takes its share, so a run on 2 processes or GPUs optimises what a run on 1 does.
-    if cfg.batch_size % accelerator.num_processes:
-        raise ParamsError(f"train.batch_size={cfg.batch_size} cannot be shared by {accelerator.num_processes} "
-                          "processes; use a multiple of the number of processes")
-    per_process = cfg.batch_size // accelerator.num_processes
-    train_loader = DataLoader(train_set, batch_size=per_process, shuffle=True, num_workers=cfg.num_workers)
-    # Validation is sharded by hand (no padding: every sample counted once) and run unwrapped.
-    shard = Subset(val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes))
-    val_loader = DataLoader(shard, batch_size=per_process, num_workers=cfg.num_workers)
-    optimizer = model.configure_optimizer(learning_rate, cfg.weight_decay)
+    train_loader, val_loader = make_loaders(cfg, accelerator, train_set, val_set)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    # Accelerate steps a prepared scheduler once per process at every optimizer step.
-    scheduler_steps = steps_per_epoch * accelerator.num_processes
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.epochs * scheduler_steps, max(1, round(warmup_epochs * scheduler_steps)))
-    )
+    optimizer = model.configure_optimizer(learning_rate, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.epochs, warmup_epochs, steps_per_epoch * accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    sizes = sizes_block(backbone)
     config_id = fingerprint(params, sizes, data_dir, accelerator.num_processes)
-    run = Run(
+    run = TrainingRun(
         params=params, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model),
         optimizer=optimizer, scheduler=scheduler, train_loader=train_loader, val_loader=val_loader,
         checkpoints=out_dir / "checkpoints", config_id=config_id, threads=threads, steps_per_epoch=steps_per_epoch,
@@ -213,14 +211,7 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
         },
     )
     resume(run)
-    if live_dir:
-        accelerator.init_trackers(
-            "trajvid",
-            config={"model": params.model, **{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()}},
-            init_kwargs={"dvclive": {"dir": str(live_dir), "save_dvc_exp": False, "dvcyaml": None}},
-        )
-        for row in run.history:  # replay what the interrupted run had logged up to its checkpoint
-            accelerator.log(row["metrics"], step=row["epoch"])
+    start_logging(run, live_dir)
     run.heartbeat = Heartbeat(
         status_dir or ".", enabled=status_dir is not None and accelerator.is_main_process,
         info={"backbone": params.model, "seed": params.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
@@ -230,7 +221,45 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
     return run
 
 
-def resume(run: Run) -> None:
+def make_loaders(cfg: TrainParams, accelerator, train_set, val_set) -> tuple[DataLoader, DataLoader]:
+    """This process's train and validation loaders.
+
+    train.batch_size is the batch of one optimizer step, whatever the number of processes: each
+    process takes its share, so a run on 2 processes or GPUs optimises what a run on 1 does.
+    Workers are not persistent: each epoch's iterator then draws its worker seed from the torch
+    RNG at the same point of an uninterrupted and of a resumed run, keeping them identical.
+    Validation is sharded by hand (no padding: every sample counted once) and run unwrapped."""
+    if cfg.batch_size % accelerator.num_processes:
+        raise ParamsError(f"train.batch_size={cfg.batch_size} cannot be shared by {accelerator.num_processes} "
+                          "processes; use a multiple of the number of processes")
+    per_process = cfg.batch_size // accelerator.num_processes
+    train_loader = DataLoader(train_set, batch_size=per_process, shuffle=True, num_workers=cfg.num_workers)
+    shard = Subset(val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes))
+    return train_loader, DataLoader(shard, batch_size=per_process, num_workers=cfg.num_workers)
+
+
+def make_scheduler(optimizer, epochs: int, warmup_epochs: float, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay, over `steps_per_epoch` scheduler steps an epoch (Accelerate
+    steps a prepared scheduler once per process at every optimizer step: pass steps x processes)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(epochs * steps_per_epoch, max(1, round(warmup_epochs * steps_per_epoch))))
+
+
+def start_logging(run: TrainingRun, live_dir: str | Path | None) -> None:
+    """DVCLive through Accelerate's tracker; a resumed run first replays what it had logged."""
+    if not live_dir:
+        return
+    cfg = run.cfg
+    run.accelerator.init_trackers(
+        "trajvid",
+        config={"model": run.params.model, **{f"train.{k}": v for k, v in dataclasses.asdict(cfg).items()}},
+        init_kwargs={"dvclive": {"dir": str(live_dir), "save_dvc_exp": False, "dvcyaml": None}},
+    )
+    for row in run.history:  # replay what the interrupted run had logged up to its checkpoint
+        run.accelerator.log(row["metrics"], step=row["epoch"])
+
+
+def resume(run: TrainingRun) -> None:
     """Continue from the latest checkpoint of this configuration that restores whole, after
     removing foreign ones; a damaged checkpoint is skipped with a warning for the one before it."""
     accelerator = run.accelerator
@@ -257,7 +286,7 @@ def resume(run: Run) -> None:
         return
 
 
-def train_one_epoch(run: Run, epoch: int, bar: tqdm) -> dict:
+def train_one_epoch(run: TrainingRun, epoch: int, bar: tqdm) -> dict:
     """One pass over the train split; the figures of every process, summed."""
     accelerator, model = run.accelerator, run.model
     run.threads = set_threads(run.cfg.threads)  # this epoch's share of the cores (devices.py)
@@ -297,7 +326,7 @@ def all_finite(accelerator, loss: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def validate(run: Run) -> dict:
+def validate(run: TrainingRun) -> dict:
     """The validation split in eval mode: the same loss and figures as training reports."""
     model, device = run.unwrapped, run.accelerator.device
     model.eval()
@@ -318,7 +347,7 @@ def logged(prefix: str, result: dict) -> dict[str, float]:
             f"{prefix}/accuracy": result["accuracy"], f"{prefix}/position_rmse": result["position_rmse"]}
 
 
-def end_epoch(run: Run, epoch: int, train_result: dict, val_result: dict, seconds: float) -> bool:
+def end_epoch(run: TrainingRun, epoch: int, train_result: dict, val_result: dict, seconds: float) -> bool:
     """Log the epoch, checkpoint it when due; returns whether early stopping ends the run."""
     accelerator, cfg = run.accelerator, run.cfg
     metrics = {**logged("train", train_result), **logged("val", val_result), "lr": run.scheduler.get_last_lr()[0]}
@@ -348,7 +377,7 @@ def end_epoch(run: Run, epoch: int, train_result: dict, val_result: dict, second
     return stop
 
 
-def finish(run: Run, out_dir: Path, stopped_early: bool) -> dict:
+def finish(run: TrainingRun, out_dir: Path, stopped_early: bool) -> dict:
     """Write the model files (main process) and return config.json's content."""
     accelerator = run.accelerator
     time_s = sum(row["seconds"] for row in run.history)
@@ -389,7 +418,7 @@ def train(params: Params, data_dir: str | Path = "data/trajectories", out_dir: s
     return config
 
 
-def run_epochs(run: Run, out_dir: Path, progress: bool) -> dict:
+def run_epochs(run: TrainingRun, out_dir: Path, progress: bool) -> dict:
     """Train the remaining epochs, validating after each, then write the model files."""
     params, cfg = run.params, run.cfg
     bar = tqdm(total=cfg.epochs * run.steps_per_epoch, initial=run.start_epoch * run.steps_per_epoch, unit="step",

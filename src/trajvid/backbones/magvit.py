@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
-from trajvid.layers import TokenEncoder, init_weights
+from trajvid.backbones.base import BackboneConfig, FeatureExtractor, InputSize
+from trajvid.backbones.layers import TokenEncoder, init_weights
 from trajvid.params import ParamsError, check_choice, check_positive
 
 
@@ -59,6 +59,10 @@ class MagVitConfig(BackboneConfig):
     pool: str = "cls"  # "cls" token or "mean" over tokens
 
     MAX_BITS = 14  # the entropy loss holds a (tokens, 2^bits) matrix
+
+    @classmethod
+    def tiny(cls) -> MagVitConfig:
+        return cls(channels=(8, 16, 32), dim=64, depth=1, heads=2, codebook_bits=6)
 
     def check(self, path: str) -> None:
         super().check(path)
@@ -172,7 +176,6 @@ class LookupFreeQuantizer(nn.Module):
 class MagVit(FeatureExtractor):
     Config = MagVitConfig
     coordinates = False  # positional embeddings say where a token is
-    needs_input_size = True  # the token model's positional embeddings are made for one token grid
 
     def __init__(self, config: MagVitConfig = MagVitConfig(), input_size: InputSize = InputSize()):
         super().__init__(config, input_size)
@@ -212,7 +215,7 @@ class MagVit(FeatureExtractor):
         self.apply(init_weights)
         self.last_token_ids: torch.Tensor | None = None
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encoder(self.stem(x))  # (B, bits, T', H', W')
         B, bits, T, H, W = z.shape  # the token encoder checks (T, H*W) against its grid
         z = z.permute(0, 2, 3, 4, 1).reshape(-1, bits)  # one row per token

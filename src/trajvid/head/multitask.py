@@ -18,40 +18,21 @@ The head and the loss are identical for every backbone, so the comparison is abo
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trajvid.backbone import FeatureExtractor, InputSize
-from trajvid.geometry import default_cameras, project, projection_matrices, triangulate
-from trajvid.layers import init_weights
-from trajvid.motion import next_positions
-from trajvid.params import HeadParams, from_dict
-from trajvid.registry import BACKBONES
-from trajvid.scene import CLASS_NAMES
+from trajvid.backbones import backbone_class
+from trajvid.backbones.base import BackboneConfig, FeatureExtractor, InputSize, backbone_config
+from trajvid.backbones.layers import init_weights
+from trajvid.data.scene import CLASS_NAMES, cameras_metadata
+from trajvid.head.geometry import project, projection_matrices, triangulate
+from trajvid.head.motion import next_positions
+from trajvid.params import HeadParams
 
 NUM_CLASSES = len(CLASS_NAMES)
-
-
-class UnknownBackboneError(ValueError):
-    pass
-
-
-def backbone_class(name: str) -> type[FeatureExtractor]:
-    """The backbone class registered as `name`, imported on first use."""
-    if name not in BACKBONES:
-        raise UnknownBackboneError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
-    module, _, cls = BACKBONES[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def backbone_config(name: str, sizes: dict | None = None):
-    """The config of backbone `name` from its params block; a bad key or value is a ParamsError."""
-    return from_dict(backbone_class(name).Config, dict(sizes or {}), f"models.{name}")
 
 
 class Outputs(NamedTuple):
@@ -108,7 +89,7 @@ class MultiTaskModel(nn.Module):
             self.classifier = nn.Linear(head.hidden, NUM_CLASSES)
             self.position_head = nn.Linear(head.hidden, 3 * (size.frames + 1))
         else:
-            cameras = cameras or default_cameras(size.height)
+            cameras = cameras or cameras_metadata(size.height)
             self.readout = KeypointReadout(backbone.grid_channels, backbone.grid_stride, cameras, size.cameras)
             # The class is the shape of the motion, which the triangulated trajectory shows directly;
             # from the pooled features alone the transformer separated lines from parabolas slowly
@@ -216,12 +197,14 @@ def build_model(name: str, head: HeadParams = HeadParams(), input_size: InputSiz
                 cameras: dict | None = None, **sizes) -> MultiTaskModel:
     """The multi-task model on backbone `name`; keyword arguments override its models.<name> sizes.
     `cameras` (K, R, t as stored in the dataset) default to the scene's cameras."""
-    return MultiTaskModel(backbone_class(name)(backbone_config(name, sizes), input_size), head, cameras)
+    return model_from_config(name, backbone_config(name, sizes), head, input_size, cameras)
 
 
-def backbone_sizes(model: MultiTaskModel) -> dict:
-    """The backbone's config as a params block (what config.json stores to rebuild it)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model.backbone.config).items()}
+def model_from_config(name: str, config: BackboneConfig, head: HeadParams = HeadParams(),
+                      input_size: InputSize = InputSize(), cameras: dict | None = None) -> MultiTaskModel:
+    """The multi-task model on backbone `name` built with an already checked config."""
+    return MultiTaskModel(backbone_class(name)(config, input_size), head, cameras)
+
 
 
 def count_parameters(model: nn.Module) -> int:

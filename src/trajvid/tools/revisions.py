@@ -9,7 +9,6 @@ lacks it). Which dataset the model was trained on is identified by the SHA-256 o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trajvid.data import CHECKSUMS
+from trajvid.data.shards import CHECKSUMS, dataset_fingerprint, fingerprint_of_sums
 from trajvid.errors import TrajvidError, first_line
 
 MODEL_FILES = ("models/config.json", "models/model.safetensors")
@@ -40,18 +39,10 @@ class TrainedAt:
     val_position_rmse: float | None  # the last epoch's, from dvclive/metrics.json (None if absent)
 
 
-def data_fingerprint(sums: bytes) -> str:
-    return hashlib.sha256(sums).hexdigest()
-
-
-def local_data_fingerprint(data_dir: Path) -> str:
-    return data_fingerprint((Path(data_dir) / CHECKSUMS).read_bytes())
-
-
 def check_trained_on(trained: TrainedAt, data_dir: Path, local: str | None = None) -> None:
     """RevisionError unless `trained` was trained on the dataset at `data_dir` (whose fingerprint
     `local` may be given when it is already known)."""
-    local = local or local_data_fingerprint(data_dir)
+    local = local or dataset_fingerprint(data_dir)
     if trained.data_fingerprint != local:
         raise RevisionError(f"revision {trained.name!r} was trained on other data than {data_dir} (dataset "
                             f"fingerprints {trained.data_fingerprint[:12]} and {local[:12]}); choose a revision "
@@ -94,7 +85,7 @@ def load_trained_at(root: Path, name: str) -> TrainedAt:
     from dvc.api import DVCFileSystem
 
     from trajvid.model_files import REMEDY, WEIGHTS, ModelFileError, load_trained
-    from trajvid.report import git, resolve
+    from trajvid.tools.git import git, resolve
 
     ref = resolve(root, name)
     if ref is None:
@@ -134,4 +125,4 @@ def load_trained_at(root: Path, name: str) -> TrainedAt:
             val_rmse = float(json.loads(live)["val"]["position_rmse"])
         except (ValueError, KeyError, TypeError):
             val_rmse = None
-    return TrainedAt(name, commit, model, config, model_bytes, data_fingerprint(sums), val_rmse)
+    return TrainedAt(name, commit, model, config, model_bytes, fingerprint_of_sums(sums), val_rmse)

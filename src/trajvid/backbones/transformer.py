@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
-from trajvid.layers import TokenEncoder, init_weights
+from trajvid.backbones.base import BackboneConfig, FeatureExtractor, InputSize
+from trajvid.backbones.layers import TokenEncoder, init_weights
 from trajvid.params import ParamsError, check_choice, check_positive
 
 
@@ -44,6 +44,10 @@ class TransformerConfig(BackboneConfig):
     attention: str = "joint"  # "joint" or "divided"
     pool: str = "cls"  # "cls" token or "mean" over tokens
     dropout: float = 0.0
+
+    @classmethod
+    def tiny(cls) -> TransformerConfig:
+        return cls(dim=64, depth=1, heads=2)
 
     def check(self, path: str) -> None:
         super().check(path)
@@ -77,7 +81,6 @@ class TubeletEmbedding(nn.Module):
 class VideoTransformer(FeatureExtractor):
     Config = TransformerConfig
     coordinates = False  # positional embeddings say where a token is
-    needs_input_size = True  # the positional embeddings are made for one token grid
 
     def __init__(self, config: TransformerConfig = TransformerConfig(), input_size: InputSize = InputSize()):
         super().__init__(config, input_size)

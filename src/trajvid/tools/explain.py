@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from trajvid.errors import TrajvidError
-from trajvid.files import atomic_write, write_json
+from trajvid.runtime.files import atomic_write, write_json, writing
 
 NEAR_PX = 3.0  # "on the sphere": within this distance of its projected centre (its image is 1-2.5 px in radius)
 CAPTION_PX = 30
@@ -62,7 +62,7 @@ def saliency(model, video: torch.Tensor) -> dict:
 
 
 def _token_encoder(model):
-    from trajvid.layers import TokenEncoder
+    from trajvid.backbones.layers import TokenEncoder
 
     return next((m for m in model.backbone.modules() if isinstance(m, TokenEncoder)), None)
 
@@ -225,13 +225,39 @@ def render(video: torch.Tensor, maps: dict[str, torch.Tensor], centres: np.ndarr
 # -- the command ----------------------------------------------------------------------------------
 
 
+def trained_model(rev: str | None, model_dir: Path, repo: Path, data_dir: Path) -> tuple[torch.nn.Module, dict]:
+    """The model to explain: the workspace's `model_dir`, or revision `rev`'s (which must have
+    been trained on `data_dir` when that dataset is there; without it, `explain` stops at the
+    dataset in one line of its own)."""
+    from trajvid.data.shards import CHECKSUMS
+    from trajvid.model_files import load_trained
+    from trajvid.tools.revisions import check_trained_on, load_trained_at
+
+    if rev is None:
+        return load_trained(model_dir)
+    member = load_trained_at(repo.resolve(), rev)
+    if (Path(data_dir) / CHECKSUMS).is_file():
+        check_trained_on(member, data_dir)
+    return member.model, member.config
+
+
 def explain(model, config: dict, data_dir: Path | str, split: str, indices: list[int], out: Path | str,
             label: str = "workspace") -> list[dict]:
     """Explain samples `indices` of `split`; returns one figures dict per sample (also written)."""
-    from trajvid.data import SPLITS, open_split, read_metadata
-    from trajvid.files import writing
-    from trajvid.geometry import project, projection_matrices
-    from trajvid.scene import CLASS_NAMES
+    from trajvid.head.geometry import projection_matrices
+    dataset, meta = open_for_explaining(config, data_dir, split, indices)
+    out = Path(out)
+    with writing("the explanations", out):
+        out.mkdir(parents=True, exist_ok=True)
+    projection = projection_matrices(meta["cameras"])  # the cameras that took these videos
+    return [explain_sample(model, config["backbone"], dataset[index], index, split, projection, out, label)
+            for index in indices]
+
+
+def open_for_explaining(config: dict, data_dir: Path | str, split: str, indices: list[int]):
+    """The split and the dataset's metadata, once the split, the video shape and every index are
+    known to fit (an ExplainError naming the value otherwise)."""
+    from trajvid.data.shards import SPLITS, open_split, read_metadata
 
     if split not in SPLITS:
         raise ExplainError(f"--split {split!r} is not allowed: use one of {', '.join(SPLITS)}")
@@ -245,56 +271,67 @@ def explain(model, config: dict, data_dir: Path | str, split: str, indices: list
         if not 0 <= index < len(dataset):
             raise ExplainError(f"--sample {index} is not allowed: the {split} split has {len(dataset)} samples "
                                f"(0 to {len(dataset) - 1})")
-    out = Path(out)
-    with writing("the explanations", out):
-        out.mkdir(parents=True, exist_ok=True)
-    projection = projection_matrices(meta["cameras"])  # the cameras that took these videos
-    backbone = config["backbone"]
-    results = []
-    for index in indices:
-        started = time.perf_counter()
-        sample = dataset[index]
-        video, positions = sample["video"], sample["positions"]
-        grads = saliency(model, video)
-        maps = {"class saliency": grads["class"], "position saliency": grads["position"]}
-        rollout = attention_rollout(model, video)
-        if rollout is not None:
-            maps["attention rollout"] = rollout[None].expand(video.shape[0], -1, -1, -1)
-        centres = project(positions[None, :-1].double(), projection)[0]  # (V, T, 2)
-        shares, chance = {}, None
-        for name, m in maps.items():
-            shares[name], chance = share_near(m, centres)
-        probabilities = grads["probabilities"]
-        predicted = int(probabilities.argmax())
-        truth = CLASS_NAMES[int(sample["label"])]
-        true_next, predicted_next = positions[-1].tolist(), grads["next_position"].tolist()
-        fmt = lambda p: "(" + ", ".join(f"{v:+.3f}" for v in p) + ")"  # noqa: E731
-        caption = [
-            f"{backbone} [{label}] {split} sample {index} (id {int(sample['sample_id'])}): true {truth}, "
-            f"predicted {CLASS_NAMES[predicted]} (p={float(probabilities[predicted]):.2f})",
-            f"next position: true {fmt(true_next)}, predicted {fmt(predicted_next)}; share within {NEAR_PX:g} px of "
-            "the sphere: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + f" (area {chance:.1%})",
-        ]
-        grid, gif_frames = render(video, maps, centres.numpy(), caption)
-        name = f"{backbone}-{split}-{index:05d}" if label == "workspace" else f"{label}-{backbone}-{split}-{index:05d}"
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        def save_gif(tmp: Path) -> None:
-            buffer = io.BytesIO()
-            gif_frames[0].save(buffer, format="GIF", save_all=True, append_images=gif_frames[1:], duration=150, loop=0)
-            tmp.write_bytes(buffer.getvalue())
+    return dataset, meta
 
-        with writing("the explanation images", out):
-            atomic_write(out / f"{name}.png", lambda tmp: grid.save(tmp, format="PNG"))
-            atomic_write(out / f"{name}.gif", save_gif)
-        result = {
-            "backbone": backbone, "revision": label, "split": split, "index": index,
-            "sample_id": int(sample["sample_id"]), "true_class": truth, "predicted_class": CLASS_NAMES[predicted],
-            "probability": float(probabilities[predicted]), "true_next": true_next, "predicted_next": predicted_next,
-            "share_within_px": NEAR_PX, "shares": shares, "chance_share": chance,
-            "seconds": time.perf_counter() - started,
-            "files": [str(out / f"{name}.png"), str(out / f"{name}.gif")],
-        }
-        with writing("the explanation figures", out):
-            write_json(out / f"{name}.json", result)
-        results.append(result)
-    return results
+
+def explain_sample(model, backbone: str, sample: dict, index: int, split: str, projection: torch.Tensor, out: Path,
+                   label: str) -> dict:
+    """The maps of one sample, their shares near the sphere, the PNG, GIF and JSON files."""
+    from trajvid.data.scene import CLASS_NAMES
+    from trajvid.head.geometry import project
+
+    started = time.perf_counter()
+    video, positions = sample["video"], sample["positions"]
+    grads = saliency(model, video)
+    maps = {"class saliency": grads["class"], "position saliency": grads["position"]}
+    rollout = attention_rollout(model, video)
+    if rollout is not None:
+        maps["attention rollout"] = rollout[None].expand(video.shape[0], -1, -1, -1)
+    centres = project(positions[None, :-1].double(), projection)[0]  # (V, T, 2)
+    shares, chance = {}, None
+    for name, m in maps.items():
+        shares[name], chance = share_near(m, centres)
+    probabilities = grads["probabilities"]
+    predicted = int(probabilities.argmax())
+    result = {
+        "backbone": backbone, "revision": label, "split": split, "index": index,
+        "sample_id": int(sample["sample_id"]), "true_class": CLASS_NAMES[int(sample["label"])],
+        "predicted_class": CLASS_NAMES[predicted], "probability": float(probabilities[predicted]),
+        "true_next": positions[-1].tolist(), "predicted_next": grads["next_position"].tolist(),
+        "share_within_px": NEAR_PX, "shares": shares, "chance_share": chance,
+    }
+    grid, gif_frames = render(video, maps, centres.numpy(), caption(result))
+    name = f"{backbone}-{split}-{index:05d}" if label == "workspace" else f"{label}-{backbone}-{split}-{index:05d}"
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    write_images(out, name, grid, gif_frames)
+    result.update(seconds=time.perf_counter() - started, files=[str(out / f"{name}.png"), str(out / f"{name}.gif")])
+    with writing("the explanation figures", out):
+        write_json(out / f"{name}.json", result)
+    return result
+
+
+def caption(result: dict) -> list[str]:
+    """Two lines under the images: the sample, the true and predicted class and next position."""
+    def fmt(p):
+        return "(" + ", ".join(f"{v:+.3f}" for v in p) + ")"
+
+    return [
+        f"{result['backbone']} [{result['revision']}] {result['split']} sample {result['index']} "
+        f"(id {result['sample_id']}): true {result['true_class']}, predicted {result['predicted_class']} "
+        f"(p={result['probability']:.2f})",
+        f"next position: true {fmt(result['true_next'])}, predicted {fmt(result['predicted_next'])}; share within "
+        f"{NEAR_PX:g} px of the sphere: " + ", ".join(f"{k} {v:.0%}" for k, v in result["shares"].items())
+        + f" (area {result['chance_share']:.1%})",
+    ]
+
+
+def write_images(out: Path, name: str, grid, gif_frames: list) -> None:
+    """out/<name>.png (the grid) and out/<name>.gif (the frames in turn), each whole or not at all."""
+    def save_gif(tmp: Path) -> None:
+        buffer = io.BytesIO()
+        gif_frames[0].save(buffer, format="GIF", save_all=True, append_images=gif_frames[1:], duration=150, loop=0)
+        tmp.write_bytes(buffer.getvalue())
+
+    with writing("the explanation images", out):
+        atomic_write(out / f"{name}.png", lambda tmp: grid.save(tmp, format="PNG"))
+        atomic_write(out / f"{name}.gif", save_gif)

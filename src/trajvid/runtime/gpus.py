@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trajvid.devices import open_lock_file
 from trajvid.errors import TrajvidError
+from trajvid.runtime.devices import open_lock_file
 
 LOCK_DIR_ENV = "TRAJVID_GPU_LOCK_DIR"
 WAIT_ENV = "TRAJVID_GPU_WAIT_S"

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
-from trajvid.layers import ConvBNReLU, init_weights
+from trajvid.backbones.base import BackboneConfig, FeatureExtractor, InputSize
+from trajvid.backbones.layers import ConvBNReLU, init_weights
 from trajvid.params import ParamsError, check_positive
 
 # Inception branch widths of the reference, per block: (b0, b1 reduce, b1, b2 reduce, b2, b3).
@@ -56,6 +56,10 @@ class I3DConfig(BackboneConfig):
     stem_kernel: tuple[int, int, int] = (3, 7, 7)
     stem_stride: tuple[int, int, int] = (2, 4, 4)
     dropout: float = 0.0
+
+    @classmethod
+    def tiny(cls) -> I3DConfig:
+        return cls(width=0.125)
 
     def check(self, path: str) -> None:
         super().check(path)

@@ -22,11 +22,11 @@ import math
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from trajvid.errors import TrajvidError
-from trajvid.files import write_json, writing
-from trajvid.revisions import TrainedAt, check_trained_on, load_trained_at, local_data_fingerprint
+from trajvid.inference import outputs
+from trajvid.runtime.files import write_json, writing
+from trajvid.tools.revisions import TrainedAt, check_trained_on, load_trained_at
 
 WEIGHTINGS = ("equal", "validation")
 
@@ -48,20 +48,14 @@ def member_weights(members: list[TrainedAt], weighting: str) -> list[float]:
     return [w / sum(raw) for w in raw]
 
 
-@torch.no_grad()
 def member_outputs(members: list[TrainedAt], dataset, batch_size: int = 32, num_workers: int = 2):
     """Per member: class probabilities (N, 4) and next positions (N, 3); and the labels and true
     next positions (N,), (N, 3), from one pass over the data."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     probabilities = [[] for _ in members]
     positions = [[] for _ in members]
     labels, targets = [], []
-    for member in members:
-        member.model.to(device)
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        video = batch["video"].to(device)
-        for i, member in enumerate(members):
-            logits, position = member.model(video)
+    for batch, per_member in outputs([m.model for m in members], dataset, batch_size, num_workers):
+        for i, (logits, position) in enumerate(per_member):
             probabilities[i].append(logits.float().softmax(-1).cpu())
             positions[i].append(position.float().cpu())
         labels.append(batch["label"])
@@ -89,8 +83,8 @@ def figures(probs: torch.Tensor, position: torch.Tensor, labels: torch.Tensor, t
 
 def ensemble(root: Path | str = ".", revisions: list[str] = (), data_dir: Path | str = "data/trajectories",
              out: Path | str = "metrics/ensemble.json", weighting: str = "equal", num_workers: int = 2) -> dict:
-    from trajvid.data import open_split
-    from trajvid.models import count_parameters
+    """Average the models of `revisions` on the test split of `data_dir`; write and return the result."""
+    from trajvid.data.shards import dataset_fingerprint, open_split
 
     root = Path(root).resolve()
     if len(revisions) < 2:
@@ -99,16 +93,8 @@ def ensemble(root: Path | str = ".", revisions: list[str] = (), data_dir: Path |
         raise EnsembleError(f"--weights {weighting!r} is not one of: {', '.join(WEIGHTINGS)}")
     data_dir = Path(data_dir) if Path(data_dir).is_absolute() else root / data_dir
     test_split = open_split(data_dir, "test")  # checks the shards against SHA256SUMS
-    local = local_data_fingerprint(data_dir)
-    members = [load_trained_at(root, name) for name in revisions]
-    seen = {}
-    for m in members:
-        if m.commit in seen:
-            raise EnsembleError(f"revisions {seen[m.commit]!r} and {m.name!r} are the same commit {m.commit[:7]}: "
-                                "each member must be another model")
-        seen[m.commit] = m.name
-    for m in members:
-        check_trained_on(m, data_dir, local)
+    local = dataset_fingerprint(data_dir)
+    members = load_members(root, revisions, data_dir, local)
     weights = member_weights(members, weighting)
     probabilities, positions, labels, targets = member_outputs(members, test_split, num_workers=num_workers)
     test = figures(*combine(probabilities, positions, weights), labels, targets)
@@ -118,10 +104,36 @@ def ensemble(root: Path | str = ".", revisions: list[str] = (), data_dir: Path |
         rows.append({"name": m.name, "rev": m.commit, "backbone": m.config["backbone"], "head": m.config["head"].get("type", "?"),
                      "seed": m.config.get("seed"), "weight": w, "val_position_rmse": m.val_position_rmse,
                      "test_accuracy": own["accuracy"], "test_position_rmse": own["position_rmse"]})
+    result = ensemble_record(members, rows, test, weighting, local)
+    out = Path(out) if Path(out).is_absolute() else root / out
+    with writing("the ensemble's metrics", out):
+        write_json(out, result)
+    return result
+
+
+def load_members(root: Path, revisions: list[str], data_dir: Path, local: str) -> list[TrainedAt]:
+    """Each revision's trained model; two names of one commit, or a model trained on other data
+    than `data_dir` (fingerprint `local`), stop it naming them."""
+    members = [load_trained_at(root, name) for name in revisions]
+    seen = {}
+    for m in members:
+        if m.commit in seen:
+            raise EnsembleError(f"revisions {seen[m.commit]!r} and {m.name!r} are the same commit {m.commit[:7]}: "
+                                "each member must be another model")
+        seen[m.commit] = m.name
+    for m in members:
+        check_trained_on(m, data_dir, local)
+    return members
+
+
+def ensemble_record(members: list[TrainedAt], rows: list[dict], test: dict, weighting: str, local: str) -> dict:
+    """metrics/ensemble.json: metrics.json's keys (model, test, train) plus the members and the verdict."""
+    from trajvid.head.multitask import count_parameters
+
     best_accuracy = max(r["test_accuracy"] for r in rows)
     best_rmse = min(r["test_position_rmse"] for r in rows)
     trainings = [m.config["training"] for m in members]
-    result = {
+    return {
         "model": {
             "name": "ensemble",
             "head": "+".join(sorted({r["head"] for r in rows})),
@@ -145,7 +157,3 @@ def ensemble(root: Path | str = ".", revisions: list[str] = (), data_dir: Path |
                                   "position_rmse": test["position_rmse"] < best_rmse},
         },
     }
-    out = Path(out) if Path(out).is_absolute() else root / out
-    with writing("the ensemble's metrics", out):
-        write_json(out, result)
-    return result

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trajvid.backbone import BackboneConfig, FeatureExtractor, InputSize
-from trajvid.layers import ConvBNReLU, init_weights
+from trajvid.backbones.base import BackboneConfig, FeatureExtractor, InputSize
+from trajvid.backbones.layers import ConvBNReLU, init_weights
 from trajvid.params import ParamsError, check_positive
 
 
@@ -46,6 +46,10 @@ class SlowFastConfig(BackboneConfig):
     width: int = 32  # slow stem channels; stage outputs are 4, 8, 16, 32 x width
     lateral_kernel: int = 5
     dropout: float = 0.0
+
+    @classmethod
+    def tiny(cls) -> SlowFastConfig:
+        return cls(width=8)
 
     def check(self, path: str) -> None:
         super().check(path)
@@ -123,7 +127,7 @@ class SlowFast(FeatureExtractor):
         self.apply(init_weights)
         self.use_channels_last()
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         slow = self.slow_stem(x[:, :, :: self.alpha])  # (B, C, T/alpha, H/4, W/4)
         fast = self.fast_stem(x)  # (B, C/beta_inv, T, H/4, W/4)
         for i, (slow_stage, fast_stage) in enumerate(zip(self.slow_stages, self.fast_stages)):

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from trajvid.heartbeat import RELATIVE_PATH
-from trajvid.report import git
+from trajvid.runtime.heartbeat import RELATIVE_PATH
+from trajvid.tools.git import show
+
 
 def read_json(path: Path) -> dict | None:
     try:
@@ -59,12 +60,8 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
-def git_show(root: Path, rev: str, path: str) -> str | None:
-    return git(root, "show", f"{rev}:{path}")
-
-
 def params_at(root: Path, rev: str) -> dict:
-    text = git_show(root, rev, "params.yaml")
+    text = show(root, rev, "params.yaml")
     try:
         return yaml.safe_load(text) or {} if text else {}
     except yaml.YAMLError:
@@ -204,7 +201,7 @@ def _done(queue, problems: list[str]):
 
 
 def read_metrics(root: Path, rev: str) -> dict:
-    text = git_show(root, rev, "metrics/metrics.json")
+    text = show(root, rev, "metrics/metrics.json")
     try:
         test = json.loads(text)["test"] if text else None
     except (ValueError, KeyError):

@@ -17,19 +17,18 @@ import base64
 import html
 import json
 import math
-import re
 import statistics
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from trajvid.errors import TrajvidError
-from trajvid.files import atomic_write, write_text
+from trajvid.params import DataParams, TrainParams
+from trajvid.runtime.files import atomic_write, write_text
+from trajvid.tools.git import default_revisions, experiment_commits, git, resolve
 
 CURVES = ("val/accuracy", "val/position_rmse")
-EXPERIMENT_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/[^/]+")  # refs/exps/<baseline sha>/<name>
 CHARTS = ("accuracy_rmse", "per_class_accuracy", "learning_curves", "time_tradeoff", "size")
 
 
@@ -38,7 +37,7 @@ class ReportError(TrajvidError):
 
 
 @dataclass
-class Run:
+class ReportedRun:
     name: str  # the branch, tag or experiment name given or found
     rev: str  # the commit
     params: dict
@@ -64,39 +63,13 @@ class Run:
         selected = without_seed.get("model")
         models = without_seed.pop("models", {}) or {}
         without_seed["backbone_sizes"] = models.get(selected)
-        for section, keys in (("data", ("workers",)), ("train", ("num_workers", "threads", "checkpoint_interval"))):
+        for section, keys in (("data", DataParams.RUNTIME), ("train", TrainParams.RUNTIME)):
             without_seed[section] = {k: v for k, v in (without_seed.get(section) or {}).items() if k not in keys}
         return json.dumps(without_seed, sort_keys=True, default=str)
 
     @property
     def label(self) -> str:
         return f"{self.backbone} ({self.head})"
-
-
-def git(root: Path, *args: str) -> str | None:
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    return result.stdout if result.returncode == 0 else None
-
-
-def default_revisions(root: Path) -> list[tuple[str, str]]:
-    """(name, ref) of every branch and every DVC experiment (refs/exps/...)."""
-    out = git(root, "for-each-ref", "--format=%(refname)", "refs/heads", "refs/exps") or ""
-    revisions = []
-    for ref in out.split():
-        if ref.startswith("refs/exps/") and not EXPERIMENT_REF.fullmatch(ref):
-            continue  # DVC's own bookkeeping refs (stash, celery, exec), not experiments
-        revisions.append((ref.rsplit("/", 1)[-1] if ref.startswith("refs/exps/") else ref[len("refs/heads/"):], ref))
-    return revisions
-
-
-def resolve(root: Path, name: str) -> str | None:
-    """A branch, tag, commit or DVC experiment name -> a ref git can read."""
-    if git(root, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"):
-        return name
-    for _, ref in default_revisions(root):
-        if ref.startswith("refs/exps/") and ref.rsplit("/", 1)[-1] == name:
-            return ref
-    return None
 
 
 def read_curves(root: Path, ref: str) -> dict:
@@ -113,7 +86,7 @@ def read_curves(root: Path, ref: str) -> dict:
     return curves
 
 
-def load_runs(root: Path, names: list[str] | None) -> list[Run]:
+def load_runs(root: Path, names: list[str] | None) -> list[ReportedRun]:
     if names:
         revisions = []
         for name in names:
@@ -140,7 +113,7 @@ def load_runs(root: Path, names: list[str] | None) -> list[Run]:
             raise ReportError(f"revision {name!r}: unreadable metrics or params ({error})") from None
         if "test" not in metrics:
             continue
-        runs.append(Run(name, commit, params, metrics, read_curves(root, ref)))
+        runs.append(ReportedRun(name, commit, params, metrics, read_curves(root, ref)))
     if not runs:
         raise ReportError("no revision with metrics/metrics.json to report: train and evaluate first "
                           "(`dvc repro`, or `dvc exp run`)")
@@ -166,7 +139,7 @@ class Ensemble:
         return f"ensemble of {len(info['members'])} ({info['weights']})"
 
 
-def load_ensembles(root: Path, runs: list[Run]) -> list[Ensemble]:
+def load_ensembles(root: Path, runs: list[ReportedRun]) -> list[Ensemble]:
     """metrics/ensemble.json of the workspace and of every revision reported, each result once."""
     found, seen = [], set()
     workspace = root / "metrics" / "ensemble.json"
@@ -193,13 +166,6 @@ def load_ensembles(root: Path, runs: list[Run]) -> list[Ensemble]:
     return found
 
 
-def experiment_commits(root: Path) -> set[str]:
-    """The commits DVC experiment refs point at (refs/exps/..., not DVC's bookkeeping refs)."""
-    out = git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps") or ""
-    return {commit for commit, ref in (line.split(" ", 1) for line in out.splitlines())
-            if EXPERIMENT_REF.fullmatch(ref)}
-
-
 def _complete_ensemble(metrics) -> bool:
     """Whether an ensemble.json has every key the report reads."""
     try:
@@ -212,7 +178,7 @@ def _complete_ensemble(metrics) -> bool:
         return False
 
 
-def read_baseline(root: Path, runs: list[Run]) -> dict | None:
+def read_baseline(root: Path, runs: list[ReportedRun]) -> dict | None:
     for ref in [*(r.rev for r in runs), "HEAD"]:
         text = git(root, "show", f"{ref}:metrics/baseline.json")
         if text:
@@ -233,7 +199,7 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
-def drop_repeats(runs: list[Run]) -> tuple[list[Run], list[str]]:
+def drop_repeats(runs: list[ReportedRun]) -> tuple[list[ReportedRun], list[str]]:
     """One run per (configuration, seed): the same params and seed again (a branch made from an
     experiment, a rerun) is one result, not two samples; the first found is kept."""
     kept, dropped, seen = [], [], {}
@@ -247,8 +213,8 @@ def drop_repeats(runs: list[Run]) -> tuple[list[Run], list[str]]:
     return kept, dropped
 
 
-def groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
-    by_key: dict[str, list[Run]] = {}
+def groups(runs: list[ReportedRun]) -> list[tuple[str, list[ReportedRun]]]:
+    by_key: dict[str, list[ReportedRun]] = {}
     for run in runs:
         by_key.setdefault(run.config_key, []).append(run)
     labelled = []
@@ -272,32 +238,39 @@ def worst_class(metrics: dict) -> tuple[str, float]:
 # -- charts -------------------------------------------------------------------------------------
 
 
-def make_charts(runs: list[Run], baseline: dict | None, out: Path, ensembles: list[Ensemble] = ()) -> dict[str, Path]:
+def make_charts(runs: list[ReportedRun], baseline: dict | None, out: Path,
+                ensembles: list[Ensemble] = ()) -> dict[str, Path]:
+    """Every chart of CHARTS as out/<name>.png; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, no browser
     import matplotlib.pyplot as plt
 
     grouped = groups(runs)
-    labels = [label for label, _ in grouped]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    draw = {"accuracy_rmse": lambda: chart_accuracy_rmse(plt, grouped, colors, baseline, ensembles),
+            "per_class_accuracy": lambda: chart_per_class_accuracy(plt, grouped, colors),
+            "learning_curves": lambda: chart_learning_curves(plt, grouped, colors),
+            "time_tradeoff": lambda: chart_time_tradeoff(plt, grouped, colors),
+            "size": lambda: chart_size(plt, grouped, colors)}
     paths = {}
-
-    def save(fig, name: str) -> None:
+    for name in CHARTS:
+        fig = draw[name]()
         fig.tight_layout()
-        path = out / f"{name}.png"
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        paths[name] = out / f"{name}.png"
+        atomic_write(paths[name], lambda tmp: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)
-        paths[name] = path
+    return paths
 
-    def stats(key):
-        return [mean_std([key(r) for r in members]) for _, members in grouped]
 
-    # accuracy and next-position RMSE, with the yardsticks (ensembles hatched, after the runs)
+def chart_accuracy_rmse(plt, grouped, colors, baseline: dict | None, ensembles: list[Ensemble]):
+    """Accuracy and next-position RMSE per configuration (mean ± std over seeds), ensembles
+    hatched after the runs, with the classical baseline and copy-last lines."""
+    labels = [label for label, _ in grouped]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, field_name, title in ((left, "accuracy", "test accuracy"),
                                   (right, "position_rmse", "next-position RMSE (world units)")):
-        values = stats(lambda r: r.metrics["test"][field_name])
+        values = [mean_std([r.metrics["test"][field_name] for r in members]) for _, members in grouped]
         ax.bar(range(len(labels)), [v[0] for v in values], yerr=[v[1] for v in values],
                color=[colors[i % len(colors)] for i in range(len(labels))], capsize=4)
         ax.bar(range(len(labels), len(labels) + len(ensembles)), [e.metrics["test"][field_name] for e in ensembles],
@@ -312,10 +285,11 @@ def make_charts(runs: list[Run], baseline: dict | None, out: Path, ensembles: li
         right.legend(fontsize=8)
     right.set_yscale("log")
     left.set_ylim(0, 1.02)
-    save(fig, "accuracy_rmse")
+    return fig
 
-    # per-class accuracy
-    class_names = list(runs[0].metrics["test"].get("per_class_accuracy", {}))
+
+def chart_per_class_accuracy(plt, grouped, colors):
+    class_names = list(grouped[0][1][0].metrics["test"].get("per_class_accuracy", {}))
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(1, len(grouped))
     for i, (label, members) in enumerate(grouped):
@@ -325,9 +299,10 @@ def make_charts(runs: list[Run], baseline: dict | None, out: Path, ensembles: li
     ax.set_ylim(0, 1.02)
     ax.set_title("test accuracy per class")
     ax.legend(fontsize=8)
-    save(fig, "per_class_accuracy")
+    return fig
 
-    # learning curves
+
+def chart_learning_curves(plt, grouped, colors):
     fig, axes = plt.subplots(1, len(CURVES), figsize=(11, 4))
     for ax, curve in zip(axes, CURVES):
         for i, (label, members) in enumerate(grouped):
@@ -341,9 +316,11 @@ def make_charts(runs: list[Run], baseline: dict | None, out: Path, ensembles: li
         if curve.endswith("rmse"):
             ax.set_yscale("log")
     axes[0].legend(fontsize=8)
-    save(fig, "learning_curves")
+    return fig
 
-    # accuracy / RMSE against training time
+
+def chart_time_tradeoff(plt, grouped, colors):
+    """Accuracy and RMSE against training time, one point per run."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (label, members) in enumerate(grouped):
         minutes = [m.metrics.get("train", {}).get("time_s", math.nan) / 60 for m in members]
@@ -354,18 +331,20 @@ def make_charts(runs: list[Run], baseline: dict | None, out: Path, ensembles: li
         ax.set_title(title)
     right.set_yscale("log")
     left.legend(fontsize=8)
-    save(fig, "time_tradeoff")
+    return fig
 
-    # parameters and model size
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+
+def chart_size(plt, grouped, colors):
+    """Parameters and model file size per configuration."""
+    labels = [label for label, _ in grouped]
     first = [members[0] for _, members in grouped]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.bar(range(len(labels)), [m.metrics["model"]["params"] / 1e6 for m in first], color=colors[: len(labels)])
     right.bar(range(len(labels)), [m.metrics["model"]["size_bytes"] / 1e6 for m in first], color=colors[: len(labels)])
     for ax, title in ((left, "parameters (millions)"), (right, "model file (MB)")):
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
         ax.set_title(title)
-    save(fig, "size")
-    return paths
+    return fig
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -381,7 +360,7 @@ def _pm(mean: float, std: float, n: int, spec: str) -> str:
     return f"{mean:{spec}} ± {std:{spec}} (n={n})" if n > 1 else f"{mean:{spec}}"
 
 
-def tables(runs: list[Run], baseline: dict | None, ensembles: list[Ensemble] = ()) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+def tables(runs: list[ReportedRun], baseline: dict | None, ensembles: list[Ensemble] = ()) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     run_header = ["run", "revision", "backbone", "head", "seed", "samples", "epochs", "device", "accuracy",
                   "worst class", "next RMSE", "params", "model MB", "train min", "samples/s"]
     run_rows = []
@@ -430,13 +409,15 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def reduced_note(runs: list[Run]) -> str:
-    reduced = [r.name for r in runs if (r.params.get("data") or {}).get("num_samples") != 10000
-               or (r.params.get("train") or {}).get("epochs") != 10]
+def reduced_note(runs: list[ReportedRun]) -> str:
+    """Which runs are not the full protocol: params.yaml's defaults (params.py) of samples and epochs."""
+    samples, epochs = DataParams().num_samples, TrainParams().epochs
+    reduced = [r.name for r in runs if (r.params.get("data") or {}).get("num_samples") != samples
+               or (r.params.get("train") or {}).get("epochs") != epochs]
     if not reduced:
         return ""
-    return (f"Reduced runs (not the full 10,000 samples × 10 epochs; their figures are not the full protocol's): "
-            f"{', '.join(reduced)}.")
+    return (f"Reduced runs (not the full {samples:,} samples × {epochs} epochs; their figures are not the full "
+            f"protocol's): {', '.join(reduced)}.")
 
 
 def report(root: Path | str = ".", revisions: list[str] | None = None, out: Path | str = "reports") -> dict:

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from trajvid.data.scene import CLASS_NAMES
 from trajvid.errors import TrajvidError, first_line
-from trajvid.scene import CLASS_NAMES
 
 CODEC = "zstd"
 FORMAT_VERSION = 1
@@ -116,6 +116,21 @@ def sha256_file(path: Path) -> str:
 def checksum_lines(root: Path, names: list[str]) -> str:
     """SHA256SUMS content for the shards `names` (paths relative to `root`)."""
     return "".join(f"{sha256_file(root / name)}  {name}\n" for name in names)
+
+
+def fingerprint_of_sums(sums: bytes) -> str:
+    """A dataset's identity: the SHA-256 of its SHA256SUMS, which lists the SHA-256 of every shard."""
+    return hashlib.sha256(sums).hexdigest()
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """The identity of the dataset at `root` (`fingerprint_of_sums` of its SHA256SUMS): what a
+    checkpoint, a model's record and an ensemble's same-data check compare."""
+    listing = Path(root) / CHECKSUMS
+    try:
+        return fingerprint_of_sums(listing.read_bytes())
+    except OSError:
+        raise MissingDataError(f"{listing} not found, so which dataset this is cannot be told; {RESTORE}") from None
 
 
 def verify_shards(root: Path, files: list[Path]) -> None:

@@ -2,11 +2,8 @@
 
 A backbone is a `FeatureExtractor` subclass that declares, as class attributes,
 - `Config`: a frozen dataclass of its sizes (the keys of its `models.<name>` block in params.yaml;
-  it must have `feature_dim`);
+  it must have `feature_dim`; `Config.tiny()` gives narrow sizes for tests);
 - `coordinates`: whether its input gets the x, y, t coordinate channels (`in_channels` follows);
-- `needs_input_size`: whether its layers are built for one input size (positional embeddings of a
-  token grid). Every backbone receives the data's size (`InputSize`) from the dataset, never from
-  params, so a size is never configured in one place and overwritten in another;
 - `channels_last`: whether it runs in channels-last memory layout;
 and implements `encode(x)`: the fused tensor (B, in_channels, T, H, W) -> the pooled features
 (B, feature_dim) and a spatial grid (B, grid_channels, T / st, H / sh, W / sw), a feature map or
@@ -14,7 +11,9 @@ token grid of its own that still knows where things are, whose stride (st, sh, s
 `self.grid_stride` and whose channels in `self.grid_channels`. The keypoint head reads the grid
 (docs/design.md, "The head"). A backbone with training losses of its own stores them, by any
 names, in `self.aux_losses` during `forward`; the multi-task loss adds every one of them and
-training logs each by its name.
+training logs each by its name. Every backbone is built for the data's size (`InputSize`, read
+from the dataset, never from params), so a size is never configured in one place and overwritten
+in another.
 
 Why the views are fused, the pixel normalisation and the coordinate channels are explained in
 docs/design.md ("Input"): in short, the four cameras are stacked as channels (one backbone pass,
@@ -25,14 +24,16 @@ coordinate channels, attention backbones have positional embeddings instead.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from trajvid.params import ParamsError, check_positive
-from trajvid.scene import BACKGROUND
+from trajvid.backbones import backbone_class
+from trajvid.data.scene import BACKGROUND
+from trajvid.params import ParamsError, check_positive, from_dict
 
 NUM_COORDINATES = 3  # x, y, t
 PIXEL_MEAN = tuple(float(c) for c in BACKGROUND)  # per channel, uint8 units: the static background
@@ -46,6 +47,12 @@ class BackboneConfig:
     # recipes differ (attention models want smaller rates than BatchNorm CNNs at batch 16).
     learning_rate: float | None = None
     warmup_epochs: float | None = None
+
+    @classmethod
+    def tiny(cls) -> BackboneConfig:
+        """Narrow sizes of the same architecture, for tests of behaviour rather than quality
+        (tests/conftest.py builds every backbone with them): override it in each backbone's config."""
+        return cls()
 
     def check(self, path: str) -> None:
         """Reject sizes that cannot build a network, naming the key (params.from_dict calls this)."""
@@ -103,7 +110,6 @@ class FeatureExtractor(nn.Module):
 
     Config: ClassVar[type] = BackboneConfig
     coordinates: ClassVar[bool] = True  # add the x, y, t coordinate channels to the input
-    needs_input_size: ClassVar[bool] = False  # layers built for one (frames, height, width)
     # Convolutional backbones with BatchNorm run faster in channels-last layout (measured on this
     # CPU: I3D 33 -> 37 samples/s, SlowFast 17 -> 22); GroupNorm ones (MagVIT) run slower.
     channels_last: ClassVar[bool] = False
@@ -131,3 +137,13 @@ class FeatureExtractor(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+
+def backbone_config(name: str, sizes: dict | None = None) -> BackboneConfig:
+    """The config of backbone `name` from its params block; a bad key or value is a ParamsError."""
+    return from_dict(backbone_class(name).Config, dict(sizes or {}), f"models.{name}")
+
+
+def sizes_block(config: BackboneConfig) -> dict:
+    """A backbone's config as its params block (what config.json stores to rebuild it)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -23,7 +23,7 @@ def init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)):
+    elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)):
         if module.weight is not None:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)

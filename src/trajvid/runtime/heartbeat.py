@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from trajvid.errors import first_line
-from trajvid.files import write_json
+from trajvid.runtime.files import write_json
 
 RELATIVE_PATH = Path(".trajvid") / "heartbeat.json"
 EVERY_S = 5.0  # between two writes during an epoch

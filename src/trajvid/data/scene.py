@@ -74,7 +74,19 @@ def camera_matrices(image_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.stack(Ks), np.stack(Rs), np.stack(ts)
 
 
-def project(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cameras_metadata(image_size: int = 64) -> dict:
+    """The cameras as every dataset stores them (its metadata and card) and the keypoints head reads them."""
+    K, R, t = camera_matrices(image_size)
+    return {
+        "convention": "OpenCV: x_cam = R @ x_world + t; (u, v) = (K @ x_cam)[:2] / x_cam[2]; pixel (0,0) centre at (0.5, 0.5)",
+        "azimuth_deg": [0, 90, 180, 270],
+        "K": np.round(K, 10).tolist(),
+        "R": np.round(R, 10).tolist(),
+        "t": np.round(t, 10).tolist(),
+    }
+
+
+def to_pixels(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Project world points (..., 3) into every camera: pixels (..., C, 2) and depths (..., C)."""
     cam = np.einsum("cij,...j->...ci", R, points) + t  # (..., C, 3)
     depth = cam[..., 2]
@@ -186,7 +198,7 @@ class Renderer:
         """Render frames for positions (n, F(+1), 3); returns a view of the buffer (n, C, F, H, W, 3)."""
         n = positions.shape[0]
         num_frames = self.frame_shape[1]
-        uv, depth = project(positions[:, :num_frames].astype(np.float64), self.K, self.R, self.t)
+        uv, depth = to_pixels(positions[:, :num_frames].astype(np.float64), self.K, self.R, self.t)
         uv = np.moveaxis(uv, 2, 1)  # (n, C, F, 2)
         depth = np.moveaxis(depth, 2, 1)  # (n, C, F)
         radius = (self.K[0, 0, 0] * SPHERE_RADIUS / depth).astype(np.float32)  # perspective: shrinks with depth

@@ -6,19 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trajvid.scene import camera_matrices
-
 
 def projection_matrices(cameras: dict) -> torch.Tensor:
     """P = K [R | t] per camera (V, 3, 4), float64, from the dataset's camera metadata."""
     K, R, t = (torch.as_tensor(np.asarray(cameras[k]), dtype=torch.float64) for k in ("K", "R", "t"))
     return K @ torch.cat([R, t[:, :, None]], dim=2)
-
-
-def default_cameras(image_size: int) -> dict:
-    """The scene's cameras in the dataset's metadata format (K, R, t as lists)."""
-    K, R, t = camera_matrices(image_size)
-    return {"K": K.tolist(), "R": R.tolist(), "t": t.tolist()}
 
 
 def triangulate(uv: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
