@@ -1,14 +1,15 @@
-"""Four queued experiments (one per backbone) with `dvc queue start -j 2` against `-j 1`.
+"""Queued experiments, one per backbone of the registry, with `dvc queue start -j 2` against `-j 1`.
 
     python bench/dvc_queue.py                    # 400 samples, 2 epochs, default model sizes
     python bench/dvc_queue.py --samples 200 --epochs 1
 
 Each run uses a fresh throw-away git + DVC repository holding this checkout's pipeline and code,
 with the data generated and committed first (as a user would before queueing), so the timed part
-is the four experiments: training + evaluation, DVC's bookkeeping included. With train.threads 0
-every training takes its share of the cores (devices.py). Prints the wall times, their ratio and
+is the experiments: training + evaluation, DVC's bookkeeping included. With train.threads 0
+every training takes its share of the cores (runtime/devices.py). Prints the wall times, their ratio and
 `trajvid status` timings taken while the queue runs and the time of `trajvid report` afterwards
-(over 4 experiments, then over 8 after four more with another learning rate).
+(over one experiment per backbone, then over twice as many after as many more with another
+learning rate).
 """
 
 from __future__ import annotations

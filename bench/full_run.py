@@ -42,7 +42,7 @@ def set_key(params: dict, assignment: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", action="append", help="default: all four")
+    parser.add_argument("--backbone", action="append", help="default: every backbone")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--workdir", default=".fullrun")
     parser.add_argument("--parallel", type=int, default=1, help="backbones trained at the same time")

@@ -1,6 +1,6 @@
 """Per backbone: parameters, train (forward+backward+AdamW step) and inference samples/s, peak memory.
 
-    python bench/models.py                       # all four, CPU, fp32, batch 16
+    python bench/models.py                       # every backbone, CPU, fp32, batch 16
     python bench/models.py --backbone magvit --steps 5
     python bench/models.py --device cuda --bf16  # on a GPU machine
 
@@ -88,7 +88,7 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", action="append", help="default: all four")
+    parser.add_argument("--backbone", action="append", help="default: every backbone")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--head", default="keypoints", choices=["keypoints", "pooled"])

@@ -1,4 +1,4 @@
-"""The four backbones behind one interface, and the multi-task model."""
+"""The backbones behind one interface (every one the registry lists), and the multi-task model."""
 
 import pytest
 import torch

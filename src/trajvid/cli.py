@@ -111,7 +111,7 @@ def _interrupt_in(error: BaseException | None) -> BaseException | None:
 
 def _claim_gpu() -> None:
     """A free GPU of its own for this run (a no-op without GPUs), before anything starts CUDA:
-    which GPU a run uses is decided here and is not a DVC param (see gpus.py)."""
+    which GPU a run uses is decided here and is not a DVC param (see runtime/gpus.py)."""
     from trajvid.runtime.gpus import claim
 
     claim()

@@ -14,7 +14,7 @@ Determinism on CPU: the sampler's order is a function of (seed, epoch), dropout 
 torch RNG saved in every checkpoint, and a resumed run replays the logged history, so a run
 killed at any point and resumed ends with the same weights and metrics as one never interrupted,
 given the same thread count (`train.threads`; with 0 the count follows the trainings sharing
-the machine, see devices.py).
+the machine, see runtime/devices.py).
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ def resume(run: TrainingRun) -> None:
 def train_one_epoch(run: TrainingRun, epoch: int, bar: tqdm) -> dict:
     """One pass over the train split; the figures of every process, summed."""
     accelerator, model = run.accelerator, run.model
-    run.threads = set_threads(run.cfg.threads)  # this epoch's share of the cores (devices.py)
+    run.threads = set_threads(run.cfg.threads)  # this epoch's share of the cores (runtime/devices.py)
     model.train()
     run.train_loader.set_epoch(epoch)
     metrics = SplitMetrics()
@@ -393,7 +393,7 @@ def finish(run: TrainingRun, out_dir: Path, stopped_early: bool) -> dict:
             "samples_per_s": samples / time_s if time_s else 0.0,
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
-            "threads": sorted({row.get("threads", run.threads) for row in run.history}),  # per epoch, see devices.py
+            "threads": sorted({row.get("threads", run.threads) for row in run.history}),  # per epoch, see runtime/devices.py
             "mixed_precision": run.cfg.mixed_precision,
         },
     }

@@ -67,7 +67,7 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class InputSize:
-    """The video size a model is built for; it comes from the dataset (`data.py: read_metadata`)."""
+    """The video size a model is built for; it comes from the dataset (`data/shards.py: read_metadata`)."""
 
     frames: int = 32
     height: int = 64
