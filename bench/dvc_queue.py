@@ -91,15 +91,15 @@ def main() -> None:
             t = time.perf_counter()
             sh([sys.executable, "-m", "trajvid", "report"], repo, env)
             report_s = time.perf_counter() - t
-            print(f"-j {jobs}: trajvid report over the 4 experiments: {report_s:.1f} s", flush=True)
-            print(f"-j {jobs}: 4 experiments ({args.samples} samples, {args.epochs} epochs, default sizes) in "
+            print(f"-j {jobs}: trajvid report over the {len(BACKBONES)} experiments: {report_s:.1f} s", flush=True)
+            print(f"-j {jobs}: {len(BACKBONES)} experiments ({args.samples} samples, {args.epochs} epochs, default sizes) in "
                   f"{walls[jobs]:.0f} s wall; trajvid status took {min(status_times):.2f}-{max(status_times):.2f} s "
                   f"({len(status_times)} calls)", flush=True)
-        # four more (another learning rate) in the last repository: `trajvid report` over 8
+        # as many more (another learning rate) in the last repository: `trajvid report` over twice as many
         run_queue(repo, 1, env, suffix="-lr5e-4", extra=["-S", "train.learning_rate=0.0005"])
         t = time.perf_counter()
         sh([sys.executable, "-m", "trajvid", "report"], repo, env)
-        print(f"trajvid report over 8 experiments: {time.perf_counter() - t:.1f} s", flush=True)
+        print(f"trajvid report over {2 * len(BACKBONES)} experiments: {time.perf_counter() - t:.1f} s", flush=True)
     print(f"-j 2 / -j 1 wall time: {walls[2] / walls[1]:.2f}")
 
 

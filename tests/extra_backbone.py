@@ -1,6 +1,6 @@
-"""A fifth backbone, tiny but real, to prove that adding one takes one file, one registry line and
+"""A sixth backbone, tiny but real, to prove that adding one takes one file, one registry line and
 one params block (tests/test_structure.py copies this file into a repository as
-src/trajvid/tinyconv.py; conftest.py registers it for the generic model tests)."""
+src/trajvid/backbones/tinyconv.py; conftest.py registers it for the generic model tests)."""
 
 from __future__ import annotations
 

@@ -122,8 +122,8 @@ def test_the_attention_read_is_the_attention_the_model_applies():
 
 
 def test_position_saliency_moves_onto_the_sphere_when_a_model_learns_it(tiny_dataset):
-    """A tiny I3D overfitted to 8 samples (keypoints to ~0.5 px): the share of its position saliency
-    within 3 px of the sphere's projected centre at least doubles and is several times the area."""
+    """A tiny I3D overfitted to 8 samples (keypoints to ~0.57 px): the share of its position saliency
+    within 3 px of the sphere's projected centre at least doubles and is over five times the area."""
     torch.manual_seed(0)
     split = open_split(tiny_dataset, "train")
     samples = [split[i] for i in range(8)]
@@ -151,7 +151,8 @@ def test_position_saliency_moves_onto_the_sphere_when_a_model_learns_it(tiny_dat
         optimizer.step()
     assert parts["keypoint_distance_px"] < 1.0  # it did learn where the sphere is
     after, _ = shares()
-    assert after > 1.5 * before and after > 3 * chance, (before, after, chance)
+    # measured 2026-12-01 on this CPU: 1.80 % -> 4.44 % (2.5x), the disc covering 0.69 % (6.4x)
+    assert after > 2 * before and after > 5 * chance, (before, after, chance)
 
 
 def test_explain_refuses_a_sample_or_split_that_does_not_exist(tiny_dataset, tmp_path):

@@ -238,6 +238,8 @@ def test_generate_onto_a_full_disk_keeps_the_previous_dataset(small_disk, tmp_pa
 
 
 def test_a_checkpoint_onto_a_full_disk_fails_in_one_line_and_the_next_run_resumes(small_disk, tmp_path, tiny_dataset):
+    """1 MB: the first checkpoint does not fit; 14 MB: the first (9.5 MB for the tiny I3D, measured
+    2026-12-01) fits, the second does not; with room, the next run resumes from the first."""
     disk, resize = small_disk
     raw = tiny_params(num_samples=200, epochs=2)
     write_params(tmp_path / "params.yaml", raw)
@@ -245,9 +247,14 @@ def test_a_checkpoint_onto_a_full_disk_fails_in_one_line_and_the_next_run_resume
     result = run(cmd, tmp_path, check=False)
     one_error_line(result, 2, "no space left on the device while writing checkpoint epoch-001",
                    "it needs about", "free")
-    assert not any(p.name.startswith(".") for p in (disk / "models" / "checkpoints").iterdir())
+    assert list((disk / "models" / "checkpoints").iterdir()) == []  # nothing half-written
+    resize(14_000_000)
+    result = run(cmd, tmp_path, check=False)
+    one_error_line(result, 2, "no space left on the device while writing checkpoint epoch-002")
+    assert [p.name for p in (disk / "models" / "checkpoints").iterdir()] == ["epoch-001"]
     resize(64_000_000)
     result = run(cmd, tmp_path)
+    assert "resuming from" in result.stdout + result.stderr and "epoch-001" in result.stdout + result.stderr
     assert (disk / "models" / "model.safetensors").is_file()
 
 
@@ -304,10 +311,35 @@ def test_a_killed_generate_leaves_no_worker_behind(tmp_path):
     """SIGKILL gives the parent no chance to clean up: its workers must still end by themselves
     (their pipe closes), or they would render on for nothing and hold the caller's pipes open."""
     proc = generate_until_its_first_shard(tmp_path)
+    workers = children(proc.pid)
+    assert len(workers) == 2, workers  # data.workers: 2 in the tiny params
     proc.kill()
     # stdout/stderr reach EOF only once every process holding them (the workers) has exited
     proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    deadline = time.time() + 10
+    while time.time() < deadline and any(running(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not [pid for pid in workers if running(pid)], "a worker outlived its killed parent"
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited one waiting to be reaped, state Z, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def test_generate_stopped_early_does_not_wait_for_its_workers(tmp_path):

@@ -20,11 +20,14 @@ def videos(batch: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_default_feature_dims_and_output_shapes(name):
+    """Built with its config's defaults, a backbone gives the feature dimension params.yaml
+    declares for the study (I3D 1024, SlowFast 1024, transformer 512, MagVIT 1024, frame2d 512):
+    the two places that state it agree, and the network honours it."""
     torch.manual_seed(0)
-    # the study's sizes are params.yaml's blocks (I3D 1024, SlowFast 1024, transformer 512, MagVIT 1024)
-    block = default_params()["models"].get(name, {})
-    model = build_model(name, **block).eval()
-    expected = block.get("feature_dim", backbone_class(name).Config().feature_dim)
+    model = build_model(name).eval()  # the config's defaults, not params.yaml's block
+    declared = default_params()["models"].get(name, {}).get("feature_dim")
+    expected = backbone_class(name).Config().feature_dim
+    assert declared in (None, expected), (declared, expected)  # None: the test-only extra backbone
     assert model.backbone.feature_dim == expected
     with torch.no_grad():
         features, grid = model.backbone(videos(2))
@@ -176,12 +179,13 @@ def test_triangulation_and_projection_invert_each_other():
     assert torch.allclose(triangulate(pixels.transpose(1, 2).double(), P), points, atol=1e-4)
 
 
-def test_the_keypoint_head_overfits_a_few_real_samples_below_0_01(tiny_dataset):
+def test_the_keypoint_head_overfits_a_few_real_samples(tiny_dataset):
     """Four real samples, a narrow transformer, 300 steps with a decaying rate: the next-position
-    error (world units, per coordinate) must fall below 0.01, which only a readout that localises
-    the sphere in every view to a fraction of a pixel can reach (measured: 0.0001 at 300 steps
-    with the motion fits; 0.0015, keypoints 0.002 px off, with the earlier learned extrapolators,
-    which without the decay hovered around 0.015)."""
+    error (world units, per coordinate) must fall to the order of 1e-4, which only a readout that
+    localises the sphere in every view to a small fraction of a pixel can reach. Measured on this
+    CPU (2026-12-01): 5.9e-5, 6.5e-5 two days before (the earlier learned extrapolators reached 0.0015, keypoints 0.002 px
+    off). The threshold is 3x that; the training target's row is checked exactly elsewhere
+    (tests/test_oracles.py), since with the target moved to row 31 this reaches ~1.2e-4."""
     split = open_split(tiny_dataset, "train")
     batch = [split[i] for i in range(4)]
     x = torch.stack([b["video"] for b in batch])
@@ -202,4 +206,4 @@ def test_the_keypoint_head_overfits_a_few_real_samples_below_0_01(tiny_dataset):
     with torch.no_grad():
         _, predicted = model(x)
     rmse = ((predicted - positions[:, -1]) ** 2).mean().sqrt().item()
-    assert rmse < 0.01, rmse
+    assert rmse < 2e-4, rmse

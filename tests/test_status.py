@@ -36,7 +36,7 @@ def test_an_empty_repository(tmp_path):
     took = time.monotonic() - start
     assert "no training in the workspace and no experiment in DVC's queue" in shown
     assert status(repo)["runs"] == []
-    print(f"trajvid status on an empty repository: {took:.2f} s")
+    assert took < 2.0, took  # the target (docs/performance.md); measured 0.84 s here, 2026-12-01
 
 
 def test_failed_and_queued_experiments_and_no_worker(tmp_path):

@@ -122,7 +122,7 @@ def test_model_files_and_evaluation(tiny_dataset, tmp_path):
     metrics = evaluate(tiny_dataset, tmp_path / "models", tmp_path / "metrics", threads=2, num_workers=0)
     test = metrics["test"]
     assert set(test["per_class_accuracy"]) == {"linear", "circular", "helical", "parabolic"}
-    assert 0 <= test["accuracy"] <= 1 and test["samples"] == 20
+    assert test["samples"] == 20  # the test split; its figures are checked by tests/test_oracles.py
     assert math.isclose(test["position_rmse"] ** 2, test["position_mse"], rel_tol=1e-9)
     assert metrics["model"]["size_bytes"] == (tmp_path / "models" / "model.safetensors").stat().st_size
     assert metrics["model"]["params"] == sum(p.numel() for p in model.parameters())

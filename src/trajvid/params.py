@@ -6,7 +6,7 @@ weight decay), so unknown keys are errors, not ignored.
 Each group lists the keys that only say *how* a stage runs, not *what* it computes (`RUNTIME`):
 they stay out of the stage's params in dvc.yaml and out of the checkpoint fingerprint, so that
 changing them never invalidates a result. The backbones' own blocks (`models.<name>`) are checked
-by the backbone's config class when a model is built (`trajvid.head.multitask.backbone_config`); this
+by the backbone's config class when a model is built (`trajvid.backbones.base.backbone_config`); this
 module only needs their names, and imports no torch.
 """
 

@@ -3,8 +3,10 @@
 Every frame of the fused views (the four cameras' RGB stacked as channels, plus the x, y, t
 coordinate channels every convolutional backbone gets) goes through the same 2D network on its
 own; the only step that combines frames is the mean of the per-frame features over time (a
-"segment consensus", as TSN's), which is order-free and learns nothing. The keypoint head reads
-the per-frame grid, so a trajectory it triangulates comes from frames seen one at a time.
+"segment consensus", as TSN's), which learns nothing: no layer relates one frame to another
+(each frame knows its own t from the coordinate channel, so the mean is not blind to order).
+The keypoint head reads the per-frame grid, so a trajectory it triangulates comes from frames
+seen one at a time.
 
 What it answers: if this network localises the sphere (validation keypoint error) and predicts
 the next position as well as the video backbones, the benchmark compares 2D localisation, not
