@@ -18,13 +18,6 @@ from conftest import BIN, run, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 
-# The runs differ only through BatchNorm statistics (per process: 8 samples, not 16) and float
-# summation order, so their test figures agree closely but not exactly. Measured on this CPU
-# (2026-11-29), one epoch of 160 samples, batch 16, tiny I3D: RMSE 0.7978 (1 process) vs 0.8008
-# (2 processes), accuracy 0.25 both.
-TOLERANCE = {"accuracy": 0.1, "position_rmse": 0.05}  # absolute for accuracy, relative for RMSE
-
-
 def torchrun(args: list[str], cwd, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "ACCELERATE_USE_CPU": "true",
            "OMP_NUM_THREADS": "1"}
@@ -33,12 +26,30 @@ def torchrun(args: list[str], cwd, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_two_processes_write_one_model_like_one_process(tmp_path, tiny_dataset):
-    raw = tiny_params(num_samples=200, epochs=1)
+    """Two processes (8 samples each) take the optimizer steps one process (16) takes: same
+    global batches, averaged gradients. With a backbone without BatchNorm (the transformer:
+    LayerNorm only) the weights after the epoch's two steps must be those of the one-process run
+    but for float summation order. Measured 2026-12-01 on this CPU: the two runs' weights differ
+    by 2.1e-6 of how far training moved them (relative L2; 11 % before the schedule counted
+    optimizer steps rather than scheduler calls); a doubled learning rate, the control, by far
+    more. The keypoint heat biases are left out: the softmax over the cells ignores a constant
+    added to every cell's logit, so their gradient is zero but for rounding, which AdamW's
+    normalisation turns into steps of up to the learning rate (2.6e-3 measured)."""
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file
+
+    from trajvid.head.multitask import build_model
+    from trajvid.params import HeadParams
+
+    raw = tiny_params(num_samples=40, epochs=1, model="transformer")  # 32 train samples: 2 steps of 16
     raw["train"].update({"batch_size": 16, "threads": 1})
-    for name in ("one", "two"):
+    for name in ("one", "two", "control"):
         (tmp_path / name).mkdir()
         write_params(tmp_path / name / "params.yaml", raw)
+    raw["train"]["learning_rate"] *= 2
+    write_params(tmp_path / "control" / "params.yaml", raw)
     run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)], tmp_path / "one")
+    run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)], tmp_path / "control")
     two = torchrun(["train", "--no-progress", "--data", str(tiny_dataset)], tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     models = tmp_path / "two" / "models"
@@ -49,16 +60,19 @@ def test_two_processes_write_one_model_like_one_process(tmp_path, tiny_dataset):
     rows = (tmp_path / "two" / "dvclive" / "plots" / "metrics" / "train" / "accuracy.tsv").read_text().splitlines()
     assert len(rows) == 2  # header + epoch 1
 
-    metrics = {}
-    for name in ("one", "two"):
-        run(["trajvid", "evaluate", "--data", str(tiny_dataset)], tmp_path / name)
-        metrics[name] = json.loads((tmp_path / name / "metrics" / "metrics.json").read_text())["test"]
-    one, two = metrics["one"], metrics["two"]
-    print(f"1 process: accuracy {one['accuracy']:.4f} rmse {one['position_rmse']:.4f}; "
-          f"2 processes: accuracy {two['accuracy']:.4f} rmse {two['position_rmse']:.4f}")
-    assert two["samples"] == one["samples"]
-    assert abs(two["accuracy"] - one["accuracy"]) <= TOLERANCE["accuracy"], (one, two)
-    assert abs(two["position_rmse"] / one["position_rmse"] - 1) <= TOLERANCE["position_rmse"], (one, two)
+    weights = {name: load_file(str(tmp_path / name / "models" / "model.safetensors")) for name in ("one", "two", "control")}
+    set_seed(raw["seed"])  # what `train` does before it builds the model: its initial weights
+    initial = build_model("transformer", HeadParams(**config["head"]), **config["sizes"]).state_dict()
+    keys = [k for k in initial if initial[k].is_floating_point() and not k.startswith("position_")
+            and k != "readout.cell.bias"]
+
+    def distance(a: dict, b: dict) -> float:
+        return float(sum(((a[k].double() - b[k].double()) ** 2).sum() for k in keys).sqrt())
+
+    moved = distance(weights["one"], initial)
+    assert moved > 0.1, moved  # the steps did change the weights
+    assert distance(weights["two"], weights["one"]) < 1e-5 * moved, (distance(weights["two"], weights["one"]), moved)
+    assert distance(weights["control"], weights["one"]) > 0.1 * moved  # the check can tell
 
 
 def with_one_bad_sample(dataset, out):

@@ -116,9 +116,13 @@ def fingerprint(params: Params, sizes: dict, data_dir: Path, processes: int = 1)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def lr_lambda(total_steps: int, warmup_steps: int):
-    """Linear warm-up to the full rate, then cosine decay to zero."""
-    def factor(step: int) -> float:
+def lr_lambda(total_steps: int, warmup_steps: int, calls_per_step: int = 1):
+    """Linear warm-up to the full rate, then cosine decay to zero, over optimizer steps. The
+    scheduler is called `calls_per_step` times per optimizer step (Accelerate steps a prepared
+    scheduler once per process), so the rate of optimizer step s is the same whatever the number
+    of processes (counting calls instead gave two processes half the first step's rate)."""
+    def factor(calls: int) -> float:
+        step = calls // calls_per_step
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -191,7 +195,7 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
     train_loader, val_loader = make_loaders(cfg, accelerator, train_set, val_set)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     optimizer = model.configure_optimizer(learning_rate, cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.epochs, warmup_epochs, steps_per_epoch * accelerator.num_processes)
+    scheduler = make_scheduler(optimizer, cfg.epochs, warmup_epochs, steps_per_epoch, accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     sizes = sizes_block(backbone)
     config_id = fingerprint(params, sizes, data_dir, accelerator.num_processes)
@@ -238,11 +242,10 @@ def make_loaders(cfg: TrainParams, accelerator, train_set, val_set) -> tuple[Dat
     return train_loader, DataLoader(shard, batch_size=per_process, num_workers=cfg.num_workers)
 
 
-def make_scheduler(optimizer, epochs: int, warmup_epochs: float, steps_per_epoch: int):
-    """Linear warm-up, then cosine decay, over `steps_per_epoch` scheduler steps an epoch (Accelerate
-    steps a prepared scheduler once per process at every optimizer step: pass steps x processes)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(epochs * steps_per_epoch, max(1, round(warmup_epochs * steps_per_epoch))))
+def make_scheduler(optimizer, epochs: int, warmup_epochs: float, steps_per_epoch: int, processes: int):
+    """Linear warm-up, then cosine decay, in optimizer steps (`lr_lambda`)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+        epochs * steps_per_epoch, max(1, round(warmup_epochs * steps_per_epoch)), calls_per_step=processes))
 
 
 def start_logging(run: TrainingRun, live_dir: str | Path | None) -> None:
