@@ -4,6 +4,7 @@ configuration or in a ParamsError naming that key, never in another exception.""
 import copy
 import math
 
+import pytest
 from conftest import STUDY_BACKBONES, default_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -117,3 +118,112 @@ def test_odd_key_names_stay_on_one_line():
         check(raw)
     except ParamsError as error:
         assert "\n" not in str(error)
+    else:
+        raise AssertionError("an unknown top-level key with a newline was accepted")
+
+
+# -- every numeric key has a range, and exactly the values in it are accepted ----------------------
+
+INT, FLOAT = int, float
+RANGES = {  # path -> (type, the allowed values); what docs/data.md and params.yaml's comments promise
+    ("seed",): (INT, lambda v: 0 <= v < 2**32),
+    ("data", "num_samples"): (INT, lambda v: v > 0 and v % 4 == 0),
+    ("data", "num_frames"): (INT, lambda v: v > 0),
+    ("data", "image_size"): (INT, lambda v: v >= 32),
+    ("data", "noise_std"): (FLOAT, lambda v: v >= 0),
+    ("data", "shard_size"): (INT, lambda v: v > 0),
+    ("data", "workers"): (INT, lambda v: v >= 0),
+    ("head", "hidden"): (INT, lambda v: v > 0),
+    ("head", "dropout"): (FLOAT, lambda v: 0 <= v < 1),
+    ("train", "epochs"): (INT, lambda v: v > 0),
+    ("train", "batch_size"): (INT, lambda v: v > 0),
+    ("train", "learning_rate"): (FLOAT, lambda v: v > 0),
+    ("train", "weight_decay"): (FLOAT, lambda v: v >= 0),
+    ("train", "checkpoint_interval"): (INT, lambda v: v > 0),
+    ("train", "patience"): (INT, lambda v: v > 0),
+    ("train", "position_loss_weight"): (FLOAT, lambda v: v >= 0),
+    ("train", "trajectory_loss_weight"): (FLOAT, lambda v: v >= 0),
+    ("train", "keypoint_loss_weight"): (FLOAT, lambda v: v >= 0),
+    ("train", "aux_loss_weight"): (FLOAT, lambda v: v >= 0),
+    ("train", "warmup_epochs"): (FLOAT, lambda v: v >= 0),
+    ("train", "grad_clip"): (FLOAT, lambda v: v >= 0),
+    ("train", "num_workers"): (INT, lambda v: v >= 0),
+    ("train", "threads"): (INT, lambda v: v >= 0),
+}
+
+
+def test_every_numeric_key_of_params_has_a_range():
+    numeric = {path for path in PATHS if path[0] != "models" and "split" not in path
+               and isinstance(get_path(DEFAULTS, path), (int, float)) and not isinstance(get_path(DEFAULTS, path), bool)}
+    assert numeric == set(RANGES), sorted(numeric ^ set(RANGES))
+
+
+def get_path(raw: dict, path: tuple):
+    for key in path:
+        raw = raw[key]
+    return raw
+
+
+def accepts(raw: dict) -> bool:
+    try:
+        check(raw)
+    except ParamsError:
+        return False
+    return True
+
+
+numbers = st.one_of(st.integers(min_value=-(2**40), max_value=2**40), st.sampled_from([0, -1, 1, 4, 31, 32, 2**32 - 1, 2**32]),
+                    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, -1e-9, 0.5, 0.999, 1.0]))
+
+
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(path=st.sampled_from(sorted(RANGES)), value=numbers)
+def test_a_number_is_accepted_exactly_when_it_is_in_its_keys_range(path, value):
+    """Out of range is a ParamsError naming the key, never accepted; in range is accepted."""
+    kind, allowed = RANGES[path]
+    raw = copy.deepcopy(DEFAULTS)
+    set_path(raw, path, value)
+    typed = isinstance(value, int) if kind is INT else math.isfinite(value)
+    assert accepts(raw) == (typed and allowed(value)), (path, value)
+
+
+@pytest.mark.parametrize("split, accepted", [
+    ({"train": 0.8, "validation": 0.1, "test": 0.1}, True),
+    ({"train": 0.7, "validation": 0.1, "test": 0.1}, False),  # sums to 0.9
+    ({"train": 0.8, "validation": 0.2, "test": 0.1}, False),  # sums to 1.1
+    ({"train": 1.0, "validation": 0.0, "test": 0.0}, False),  # an empty split
+    ({"train": 1.2, "validation": -0.1, "test": -0.1}, False),  # sums to 1, negative parts
+])
+def test_splits_must_be_positive_and_sum_to_1(split, accepted):
+    raw = copy.deepcopy(DEFAULTS)
+    raw["data"]["split"] = split
+    assert accepts(raw) == accepted
+
+
+def backbone_sizes():
+    """(backbone, key, default) of every numeric size in params.yaml's blocks."""
+    for name, block in DEFAULTS["models"].items():
+        for key, value in block.items():
+            if isinstance(value, (int, float, list)) and not isinstance(value, bool) and key != "time_downsample":
+                yield name, key, value
+
+
+@pytest.mark.parametrize("name, key, default", list(backbone_sizes()))
+def test_a_backbone_size_out_of_range_is_rejected(name, key, default):
+    """Sizes must be positive (and lists of positive integers), dropout in [0, 1), loss weights
+    and the diversity factor >= 0."""
+    raw = copy.deepcopy(DEFAULTS)
+    raw["model"] = name
+    if key == "dropout":
+        bad = [-0.1, 1.0]
+    elif key.endswith("_weight") or key == "diversity_gamma":
+        bad = [-0.5]
+    elif isinstance(default, list):
+        bad = [[0] * len(default), [-1] * len(default)]
+    else:
+        bad = [0, -1]
+    assert accepts(raw)
+    for value in bad:
+        raw["models"][name][key] = value
+        with pytest.raises(ParamsError, match=f"models.{name}.{key}"):
+            check(raw)

@@ -242,3 +242,15 @@ def test_the_keypoints_head_triangulates_with_the_datasets_cameras(tiny_dataset,
     model, config = load_trained(tmp_path / "saved")
     assert config["input"]["cameras"] == moved
     assert torch.equal(model.readout.projection, expected)
+
+
+def test_the_learning_rate_of_an_optimizer_step_does_not_depend_on_the_number_of_processes():
+    """Accelerate calls a prepared scheduler once per process at each optimizer step: the schedule
+    must give optimizer step s the same rate whether it is called once or N times per step."""
+    from trajvid.train import lr_lambda
+
+    one = lr_lambda(total_steps=100, warmup_steps=10)
+    for processes in (2, 4):
+        many = lr_lambda(total_steps=100, warmup_steps=10, calls_per_step=processes)
+        assert [many(s * processes) for s in range(100)] == [one(s) for s in range(100)]
+    assert one(0) == 0.1 and one(9) == 1.0 and one(10) == 1.0 and one(99) < 0.01  # warm-up, then cosine

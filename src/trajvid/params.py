@@ -240,6 +240,8 @@ def parse(raw: Any) -> Params:
         if block is not None and not isinstance(block, dict):
             raise ParamsError(f"models.{name}={block!r} is not allowed: must be a mapping of size keys to values")
     seed = _coerce("seed", raw.get("seed", 42), int)
+    if not 0 <= seed < 2**32:  # numpy's and Accelerate's set_seed take no other
+        raise ParamsError(f"seed={seed} is not allowed: must be in [0, 2**32)")
     return Params(
         seed=seed,
         data=from_dict(DataParams, raw.get("data"), "data"),
