@@ -50,3 +50,59 @@ def test_an_experiment_does_not_claim_the_ensemble_its_base_commit_holds(tmp_pat
     # a branch or commit keeps what it holds, inherited or not
     found = load_ensembles(repo, [ReportedRun("main", base, {}, {}), ReportedRun("kept", kept, {}, {})])
     assert [(e.source, e.metrics["test"]["position_rmse"]) for e in found] == [("main", 0.02)]
+
+
+def metrics_json(name: str, seed: int, accuracy: float, rmse: float, worst: float) -> str:
+    per_class = {"linear": 1.0, "circular": worst, "helical": 1.0, "parabolic": (4 * accuracy - 2 - worst)}
+    return json.dumps({
+        "model": {"name": name, "head": "keypoints", "params": 1000 + seed, "size_bytes": 4_000_000},
+        "test": {"accuracy": accuracy, "position_rmse": rmse, "per_class_accuracy": per_class, "samples": 1000},
+        "train": {"seed": seed, "time_s": 600.0 * seed, "samples_per_s": 40.0, "epochs": 10, "device": "cpu",
+                  "processes": 1},
+    })
+
+
+def test_the_report_tables_are_the_figures_they_read(tmp_path):
+    """Three branches (i3d with two seeds, magvit with one) and a baseline, written by hand: every
+    cell of comparison.md equals the metrics it read, and the grouped row is their mean and sample
+    standard deviation, computed here with numpy."""
+    import numpy as np
+    import yaml
+
+    from conftest import default_params
+    from trajvid.tools.report import report
+
+    repo = tmp_path
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+    baseline = {"test": {"accuracy": 1.0, "position_rmse": 0.0006, "per_class_accuracy": {"linear": 1.0}},
+                "copy_last": {"position_rmse": 0.0713}}
+    commit(repo, {"metrics/baseline.json": json.dumps(baseline), "README": "x"}, "base")
+    figures = {"i3d-1": ("i3d", 1, 0.99, 0.0081, 0.97), "i3d-2": ("i3d", 2, 0.97, 0.0093, 0.93),
+               "magvit-1": ("magvit", 1, 0.995, 0.0165, 0.99)}
+    for branch, (name, seed, accuracy, rmse, worst) in figures.items():
+        git(repo, "checkout", "-q", "-b", branch, "main")
+        params = default_params()
+        params.update(model=name, seed=seed)
+        commit(repo, {"params.yaml": yaml.safe_dump(params), "metrics/metrics.json": metrics_json(name, seed, accuracy, rmse, worst)}, branch)
+    report(repo, list(figures), repo / "reports")
+    md = (repo / "reports" / "comparison.md").read_text()
+    cells = {line.split(" | ")[0].lstrip("| "): [c.strip() for c in line.strip("|").split("|")]
+             for line in md.splitlines() if line.startswith("| ")}
+    for branch, (name, seed, accuracy, rmse, worst) in figures.items():
+        row = cells[branch]
+        assert row[2:5] == [name, "keypoints", str(seed)], row
+        assert row[8] == f"{accuracy:.4f}" and row[10] == f"{rmse:.4f}", row
+        assert row[9] == f"circular {worst:.3f}" and row[11] == f"{1000 + seed:,}" and row[13] == f"{10.0 * seed:.1f}", row
+    i3d = [figures["i3d-1"], figures["i3d-2"]]
+    group = cells["i3d (keypoints)"]
+    accuracy, rmse, worst = (np.array([f[k] for f in i3d]) for k in (2, 3, 4))
+    assert group[1:3] == ["2", "1, 2"], group
+    assert group[3] == f"{accuracy.mean():.4f} ± {accuracy.std(ddof=1):.4f} (n=2)", group
+    assert group[4] == f"{worst.mean():.3f} ± {worst.std(ddof=1):.3f} (n=2)", group
+    assert group[5] == f"{rmse.mean():.4f} ± {rmse.std(ddof=1):.4f} (n=2)", group
+    assert cells["magvit (keypoints)"][3:6] == ["0.9950", "0.990", "0.0165"]
+    assert cells["classical baseline (triangulate + fit)"][3] == "1.0000"
+    assert cells["classical baseline (triangulate + fit)"][5] == "0.0006"
+    assert cells["copy the last visible position"][5] == "0.0713"

@@ -315,7 +315,8 @@ def chart_learning_curves(plt, grouped, colors):
         ax.set_title(curve)
         if curve.endswith("rmse"):
             ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # runs without DVCLive logs draw no curve
+        axes[0].legend(fontsize=8)
     return fig
 
 
