@@ -1,12 +1,22 @@
-"""Per backbone: parameters, train (forward+backward+AdamW step) and inference samples/s, peak memory.
+"""Per backbone: parameters, train (forward+backward+AdamW step) and inference samples/s, GFLOP
+per sample, achieved GFLOP/s and utilisation against this machine's own best rates, peak memory.
 
     python bench/models.py                       # every backbone, CPU, fp32, batch 16
     python bench/models.py --backbone magvit --steps 5
+    python bench/models.py --bf16                # bf16 autocast (utilisation against the bf16 peak)
+    python bench/models.py --profile             # + the top ops by self CPU time of a train step
     python bench/models.py --device cuda --bf16  # on a GPU machine
 
 Each backbone runs in its own process so that its peak memory (max RSS on CPU,
 max_memory_allocated on CUDA) is its own. Inputs are random uint8 videos of the stored shape;
 the timing excludes 2 warm-up steps.
+
+FLOPs are what `torch.utils.flop_counter.FlopCounterMode` counts (matrix products and
+convolutions, forward and backward; elementwise work and the optimizer are not counted), under
+the MATH attention backend: torch 2.13 counts the CPU flash-attention kernel as zero. The
+machine's best rates are measured in the same run, before the backbones: a 4096 x 4096 matrix
+product and a 3 x 3 x 3 convolution (64 -> 64 channels, 8 x 16 x 32 x 32), in fp32 and bf16.
+Utilisation = achieved train GFLOP/s / the best of the two rates of the same precision.
 """
 
 from __future__ import annotations
@@ -20,7 +30,68 @@ import sys
 import time
 
 
-def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads: int, head: str) -> dict:
+def flops_per_sample(model, videos, labels, positions, autocast, multitask_loss) -> tuple[float, float]:
+    """(forward, train step) GFLOP per sample as FlopCounterMode counts them, attention on the
+    MATH backend (the CPU flash kernel is not in the counter's registry and would count as 0)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = len(videos)
+    with sdpa_kernel(SDPBackend.MATH):
+        with torch.no_grad(), autocast, FlopCounterMode(display=False) as forward:
+            model(videos)
+        with FlopCounterMode(display=False) as step:
+            with autocast:
+                loss, _ = multitask_loss(model, model(videos, full=True), labels, positions)
+            loss.backward()
+    model.zero_grad(set_to_none=True)
+    return forward.get_total_flops() / batch / 1e9, step.get_total_flops() / batch / 1e9
+
+
+def peak_rates(device: str) -> dict:
+    """This machine's best measured GFLOP/s for a large matrix product and a large 3D convolution,
+    fp32 and bf16 (the yardsticks of utilisation)."""
+    import torch
+    import torch.nn.functional as F
+
+    def rate(fn, flops: float, repeats: int = 5) -> float:
+        fn()  # warm-up (kernel choice, allocation)
+        best = float("inf")
+        for _ in range(repeats):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        return flops / best / 1e9
+
+    rates = {}
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        a = torch.randn(4096, 4096, device=device, dtype=dtype)
+        b = torch.randn(4096, 4096, device=device, dtype=dtype)
+        x = torch.randn(8, 64, 16, 32, 32, device=device, dtype=dtype)
+        w = torch.randn(64, 64, 3, 3, 3, device=device, dtype=dtype)
+        conv_flops = 2 * 8 * 64 * 16 * 32 * 32 * 64 * 27
+        rates[f"gemm_{label}"] = rate(lambda: a @ b, 2 * 4096**3)
+        rates[f"conv3d_{label}"] = rate(lambda: F.conv3d(x, w, padding=1), conv_flops)
+    return {k: round(v, 1) for k, v in rates.items()}
+
+
+def profile_step(train_step, rows: int = 15) -> str:
+    """The top ops by self CPU time of three train steps (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            train_step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads: int, head: str,
+            profile: bool = False) -> dict:
     import torch
 
     if threads:
@@ -48,6 +119,7 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
         optimizer.step()
 
     model.train()
+    forward_gflop, step_gflop = flops_per_sample(model, videos, labels, positions, autocast, multitask_loss)
     for _ in range(2):
         train_step()
     sync()
@@ -72,11 +144,18 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model.train()
+    table = profile_step(train_step) if profile else None
     return {
         "backbone": name,
         "params": count_parameters(model),
         "train_samples_per_s": round(train_rate, 1),
         "infer_samples_per_s": round(infer_rate, 1),
+        "forward_gflop_per_sample": round(forward_gflop, 3),
+        "train_gflop_per_sample": round(step_gflop, 3),
+        "train_gflop_per_s": round(step_gflop * train_rate, 1),
+        "infer_gflop_per_s": round(forward_gflop * infer_rate, 1),
+        "profile": table,
         "peak_memory_mb": round(peak_mb),
         "device": device,
         "dtype": "bf16" if bf16 else "fp32",
@@ -96,34 +175,58 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--json", action="store_true", help="print one JSON object per backbone")
+    parser.add_argument("--profile", action="store_true", help="print the top ops of a train step per backbone")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-peaks", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(measure(args.backbone[0], args.device, args.bf16, args.batch, args.steps, args.threads, args.head)))
+        print(json.dumps(measure(args.backbone[0], args.device, args.bf16, args.batch, args.steps, args.threads, args.head,
+                                 args.profile)))
+        return
+    if args.child_peaks:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(json.dumps(peak_rates(args.device)))
         return
 
     from trajvid.backbones import BACKBONES
 
     names = args.backbone or list(BACKBONES)
-    header = f"{'backbone':<12} {'params':>10} {'train/s':>8} {'infer/s':>8} {'peak MB':>8}  device"
-    if not args.json:
-        print(header)
+    common = ["--device", args.device, "--threads", str(args.threads)]
+    peaks = json.loads(subprocess.run([sys.executable, __file__, "--child-peaks", *common], check=True,
+                                      capture_output=True, text=True, env=os.environ).stdout.strip().splitlines()[-1])
+    precision = "bf16" if args.bf16 else "fp32"
+    best = max(peaks[f"gemm_{precision}"], peaks[f"conv3d_{precision}"])
+    if args.json:
+        print(json.dumps({"machine_gflop_per_s": peaks}))
+    else:
+        print("this machine's best GFLOP/s: " + ", ".join(f"{k} {v}" for k, v in peaks.items())
+              + f"; utilisation below is against {best} ({precision})")
+        print(f"{'backbone':<12} {'params':>10} {'train/s':>8} {'infer/s':>8} {'GFLOP fwd':>9} {'GFLOP step':>10} "
+              f"{'GFLOP/s':>8} {'util':>5} {'peak MB':>8}  device")
     for name in names:
-        cmd = [sys.executable, __file__, "--child", "--backbone", name, "--device", args.device]
-        cmd += ["--batch", str(args.batch), "--steps", str(args.steps), "--threads", str(args.threads)]
+        cmd = [sys.executable, __file__, "--child", "--backbone", name, *common]
+        cmd += ["--batch", str(args.batch), "--steps", str(args.steps)]
         cmd += ["--bf16"] if args.bf16 else []
+        cmd += ["--profile"] if args.profile else []
         cmd += ["--head", args.head]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
         row = json.loads(out.strip().splitlines()[-1])
+        row["utilisation"] = round(row["train_gflop_per_s"] / best, 3)
+        profile = row.pop("profile")
         if args.json:
-            print(json.dumps(row))
-        else:
-            print(
-                f"{name:<12} {row['params']:>10,} {row['train_samples_per_s']:>8} {row['infer_samples_per_s']:>8} "
-                f"{row['peak_memory_mb']:>8}  {row['device']} {row['dtype']} batch {row['batch']} threads {row['threads']} "
-                f"head {row['head']}"
-            )
+            print(json.dumps({**row, "profile": profile}))
+            continue
+        print(
+            f"{name:<12} {row['params']:>10,} {row['train_samples_per_s']:>8} {row['infer_samples_per_s']:>8} "
+            f"{row['forward_gflop_per_sample']:>9} {row['train_gflop_per_sample']:>10} {row['train_gflop_per_s']:>8} "
+            f"{row['utilisation']:>5.0%} {row['peak_memory_mb']:>8}  {row['device']} {row['dtype']} batch {row['batch']} "
+            f"threads {row['threads']} head {row['head']}", flush=True)
+        if profile:
+            print(profile, flush=True)
 
 
 if __name__ == "__main__":
