@@ -204,3 +204,18 @@ def test_the_loss_parts_are_the_documented_formulas():
     assert float(parts["trajectory_mse_normalised"]) == pytest.approx(float(traj), rel=1e-6)
     assert float(total) == pytest.approx(float(ce + pos + traj), rel=1e-6)
     assert not math.isclose(float(pos), float((((out.next_position - positions[:, NEXT - 1]) / std) ** 2).mean()))
+
+
+def test_evaluate_on_the_validation_split_names_it_and_scores_it(trained, tiny_dataset, tmp_path):
+    """`trajvid evaluate --split validation` (design comparisons never look at the test split):
+    the figures are the validation split's, under its name, and no test figures are written."""
+    from trajvid.model_files import load_trained
+
+    result = evaluate(tiny_dataset, trained / "models", tmp_path, threads=2, num_workers=0, split="validation")
+    assert "test" not in result and json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    model, _ = load_trained(trained / "models")
+    val = read_split(tiny_dataset, "validation")
+    with torch.no_grad():
+        logits, position = model(torch.from_numpy(val["video"]))
+    expected = figures(val["label"], logits.argmax(-1).numpy(), position.numpy(), val["positions"][:, NEXT])
+    assert_figures_equal(result["validation"], expected, EXACT)

@@ -163,16 +163,19 @@ def evaluate(
     model: Path = typer.Option(Path("models"), help="Trained model directory."),
     out: Path = typer.Option(Path("metrics"), help="Metrics output directory."),
     params_file: Path = PARAMS,
+    split: str = typer.Option("test", help="test (the stage: a run's result) or validation (design comparisons)."),
 ) -> None:
     """Evaluate the trained model on the test split (stage `evaluate`)."""
+    if split not in ("test", "validation"):
+        _fail(f"--split {split!r} is not allowed: use test or validation")
     params = _load(params_file)
     _claim_gpu()
     from trajvid.evaluate import evaluate as run
 
-    metrics = run(data, model, out, threads=params.train.threads, num_workers=params.train.num_workers)
-    test = metrics["test"]
+    metrics = run(data, model, out, threads=params.train.threads, num_workers=params.train.num_workers, split=split)
+    test = metrics[split]
     typer.echo(
-        f"{metrics['model']['name']}: test accuracy {test['accuracy']:.4f}, "
+        f"{metrics['model']['name']}: {split} accuracy {test['accuracy']:.4f}, "
         f"next-position RMSE {test['position_rmse']:.4f}"
     )
 

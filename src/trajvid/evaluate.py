@@ -32,13 +32,15 @@ def predict(model, dataset, batch_size: int = 32, num_workers: int = 2) -> tuple
 
 
 def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path = "models",
-             out_dir: str | Path = "metrics", threads: int = 0, num_workers: int = 2) -> dict:
+             out_dir: str | Path = "metrics", threads: int = 0, num_workers: int = 2, split: str = "test") -> dict:
+    """The trained model's figures on `split`: the test split for a run's result (the stage), the
+    validation split for design comparisons (`bench/full_run.py --reduced`), under that name."""
     set_threads(threads)
-    test_split = open_split(data_dir, "test")  # checks the shards before any other work
+    scored = open_split(data_dir, split)  # checks the shards before any other work
     model, config = load_trained(model_dir)
-    metrics, confusion = predict(model, test_split, num_workers=num_workers)
+    metrics, confusion = predict(model, scored, num_workers=num_workers)
     test = metrics.result()
-    del test["losses"]  # none are computed here: the test split only reports task figures
+    del test["losses"]  # none are computed here: only the task figures
     training = config["training"]
     result = {
         "model": {
@@ -47,7 +49,7 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
             "params": count_parameters(model),
             "size_bytes": (Path(model_dir) / WEIGHTS).stat().st_size,
         },
-        "test": test,
+        split: test,
         "train": {
             "seed": config["seed"],
             "time_s": training["time_s"],
