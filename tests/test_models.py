@@ -208,3 +208,23 @@ def test_the_keypoint_head_overfits_a_few_real_samples(tiny_dataset):
         _, predicted = model(x)
     rmse = ((predicted - positions[:, -1]) ** 2).mean().sqrt().item()
     assert rmse < 2e-4, rmse
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_reused_input_tensor_never_gives_a_silent_wrong_gradient(name):
+    """In training the fused input is written into one tensor per model (`input_buffer`): a
+    forward pass on other videos before the backward of the first must either stop with
+    autograd's in-place error or leave the first pass's gradients exactly as they were."""
+    torch.manual_seed(0)
+    model = build_model(name, **tiny_sizes(name)).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    first, second = videos(2, seed=1), videos(2, seed=2)
+    reference = torch.autograd.grad(model(first)[1].sum(), params, allow_unused=True)
+    pending = model(first)[1].sum()
+    model(second)
+    try:
+        grads = torch.autograd.grad(pending, params, allow_unused=True)
+    except RuntimeError as error:
+        assert "modified by an inplace operation" in str(error)
+    else:
+        assert all((g is None and r is None) or torch.equal(g, r) for g, r in zip(grads, reference))
