@@ -149,6 +149,7 @@ RANGES = {  # path -> (type, the allowed values); what docs/data.md and params.y
     ("train", "grad_clip"): (FLOAT, lambda v: v >= 0),
     ("train", "num_workers"): (INT, lambda v: v >= 0),
     ("train", "threads"): (INT, lambda v: v >= 0),
+    ("train", "seed"): (INT, lambda v: 0 <= v < 2**32),
 }
 
 

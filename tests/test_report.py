@@ -84,7 +84,8 @@ def test_the_report_tables_are_the_figures_they_read(tmp_path):
     for branch, (name, seed, accuracy, rmse, worst) in figures.items():
         git(repo, "checkout", "-q", "-b", branch, "main")
         params = default_params()
-        params.update(model=name, seed=seed)
+        params["model"] = name
+        params["train"]["seed"] = seed  # training seeds on the same data: one configuration
         commit(repo, {"params.yaml": yaml.safe_dump(params), "metrics/metrics.json": metrics_json(name, seed, accuracy, rmse, worst)}, branch)
     report(repo, list(figures), repo / "reports")
     md = (repo / "reports" / "comparison.md").read_text()

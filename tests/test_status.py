@@ -49,7 +49,7 @@ def test_failed_and_queued_experiments_and_no_worker(tmp_path):
         time.sleep(1)
     while workers(repo) != (0, 0) and time.time() < deadline:
         time.sleep(1)  # the temporary worker stops once the queue is empty
-    run(["dvc", "exp", "run", "--queue", "-n", "later", "-S", "model=magvit", "-S", "seed=7"], repo)
+    run(["dvc", "exp", "run", "--queue", "-n", "later", "-S", "model=magvit", "-S", "train.seed=7"], repo)
 
     runs = {r["name"]: r for r in status(repo)["runs"]}
     assert runs["too-small"]["state"] == "failed"

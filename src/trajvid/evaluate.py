@@ -51,7 +51,8 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
         },
         split: test,
         "train": {
-            "seed": config["seed"],
+            "seed": config["seed"],  # the training's
+            "data_seed": config.get("data_seed"),
             "time_s": training["time_s"],
             "samples_per_s": training["samples_per_s"],
             "epochs": training["epochs"],

@@ -94,7 +94,8 @@ class TrainParams:
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     mixed_precision: str = "fp32"  # "fp32" or "bf16" (not Accelerate's "no": YAML reads a bare no as false)
     num_workers: int = 2  # DataLoader processes decoding videos
-    threads: int = 0  # torch CPU threads; 0 = all available cores
+    threads: int = 0  # torch CPU threads; 0 = this process's share of the cores (runtime/devices.py)
+    seed: int = 0  # initialisation, shuffling, dropout: the training's own; the data's is the top-level `seed`
 
     # How the run is carried out, not what it computes: not stage params, not in the fingerprint.
     RUNTIME: ClassVar[tuple[str, ...]] = ("checkpoint_interval", "num_workers", "threads")
@@ -113,6 +114,7 @@ class TrainParams:
         for name in ("num_workers", "threads"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"{path}.{name}={getattr(self, name)} is not allowed: must be >= 0")
+        check_seed(f"{path}.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,12 @@ class Params:
     def backbone_sizes(self) -> dict:
         """The selected backbone's block from params.yaml (its config class checks it)."""
         return dict(self.models.get(self.model) or {})
+
+
+def check_seed(path: str, seed: int) -> int:
+    if not 0 <= seed < 2**32:  # numpy's and Accelerate's set_seed take no other
+        raise ParamsError(f"{path}={seed} is not allowed: must be in [0, 2**32)")
+    return seed
 
 
 def _positive(path: str, value: int) -> None:
@@ -239,9 +247,7 @@ def parse(raw: Any) -> Params:
         check_name(name, "models")
         if block is not None and not isinstance(block, dict):
             raise ParamsError(f"models.{name}={block!r} is not allowed: must be a mapping of size keys to values")
-    seed = _coerce("seed", raw.get("seed", 42), int)
-    if not 0 <= seed < 2**32:  # numpy's and Accelerate's set_seed take no other
-        raise ParamsError(f"seed={seed} is not allowed: must be in [0, 2**32)")
+    seed = check_seed("seed", _coerce("seed", raw.get("seed", 42), int))
     return Params(
         seed=seed,
         data=from_dict(DataParams, raw.get("data"), "data"),

@@ -10,7 +10,7 @@ train` (CPU, one GPU or many). The loop reads top to bottom:
         end_epoch(run, ...)                log, checkpoint, early stopping
     finish(run)                            write models/model.safetensors + config.json
 
-Determinism on CPU: the sampler's order is a function of (seed, epoch), dropout draws from the
+Determinism on CPU: the sampler's order is a function of (train.seed, epoch), dropout draws from the
 torch RNG saved in every checkpoint, and a resumed run replays the logged history, so a run
 killed at any point and resumed ends with the same weights and metrics as one never interrupted,
 given the same thread count (`train.threads`; with 0 the count follows the trainings sharing
@@ -108,7 +108,7 @@ def fingerprint(params: Params, sizes: dict, data_dir: Path, processes: int = 1)
     """Identifies what a training computes: a checkpoint is only ever resumed by the same one."""
     train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in TrainParams.RUNTIME}
     blob = json.dumps(
-        {"seed": params.seed, "model": params.model, "sizes": sizes, "head": dataclasses.asdict(params.head),
+        {"model": params.model, "sizes": sizes, "head": dataclasses.asdict(params.head),
          "train": train, "data": dataset_fingerprint(data_dir), "code": code_version(params.model),
          "processes": processes},  # the global batch and the schedule's length depend on it
         sort_keys=True,
@@ -185,9 +185,9 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
     accelerator = Accelerator(
         mixed_precision="no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision,
         log_with=TRACKED_WITH_DVCLIVE if live_dir else None,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=params.seed),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
-    set_seed(params.seed)
+    set_seed(cfg.seed)  # the training's own seed: the data were drawn with `params.seed`
     model = model_from_config(params.model, backbone, params.head, input_size_from_shape(data_meta["video_shape"]),
                               data_meta["cameras"])
     targets = torch.from_numpy(train_set.positions[:, -1].copy())
@@ -210,7 +210,8 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
             "input": {"video_shape_stored": data_meta["video_shape"], "class_names": data_meta["class_names"],
                       "cameras": data_meta["cameras"]},
             "train": {**dataclasses.asdict(cfg), "learning_rate": learning_rate, "warmup_epochs": warmup_epochs},
-            "seed": params.seed,
+            "seed": cfg.seed,  # the training's (what `trajvid report` aggregates over)
+            "data_seed": params.seed,
             "fingerprint": config_id,
         },
     )
@@ -218,7 +219,7 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
     start_logging(run, live_dir)
     run.heartbeat = Heartbeat(
         status_dir or ".", enabled=status_dir is not None and accelerator.is_main_process,
-        info={"backbone": params.model, "seed": params.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
+        info={"backbone": params.model, "seed": cfg.seed, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
               "device": str(accelerator.device), "processes": accelerator.num_processes},
         total_steps=cfg.epochs * steps_per_epoch, done_steps=run.start_epoch * steps_per_epoch,
     )

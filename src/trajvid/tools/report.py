@@ -50,7 +50,8 @@ class ReportedRun:
 
     @property
     def seed(self):
-        return self.metrics.get("train", {}).get("seed", self.params.get("seed"))
+        """The training's seed (train.seed; before it existed, the one seed of data and training)."""
+        return self.metrics.get("train", {}).get("seed", (self.params.get("train") or {}).get("seed"))
 
     @property
     def head(self) -> str:
@@ -58,13 +59,15 @@ class ReportedRun:
 
     @property
     def config_key(self) -> str:
-        """Everything that defines the run but its seed: runs with the same key are repeats."""
-        without_seed = {k: v for k, v in self.params.items() if k != "seed"}
+        """Everything that defines the run but its training seed (the data's seed is part of it:
+        runs on other data are another configuration): runs with the same key are repeats."""
+        without_seed = dict(self.params)
         selected = without_seed.get("model")
         models = without_seed.pop("models", {}) or {}
         without_seed["backbone_sizes"] = models.get(selected)
         for section, keys in (("data", DataParams.RUNTIME), ("train", TrainParams.RUNTIME)):
-            without_seed[section] = {k: v for k, v in (without_seed.get(section) or {}).items() if k not in keys}
+            without_seed[section] = {k: v for k, v in (without_seed.get(section) or {}).items()
+                                     if k not in keys and (section, k) != ("train", "seed")}
         return json.dumps(without_seed, sort_keys=True, default=str)
 
     @property
@@ -442,7 +445,7 @@ def report(root: Path | str = ".", revisions: list[str] | None = None, out: Path
         note = (note + " " if note else "") + f"Left out as repeats: {', '.join(repeats)}."
     intro = ("Test split figures from `metrics/metrics.json` of each revision; accuracy over the four classes; next RMSE "
              "is the per-coordinate RMSE of the predicted next-frame 3D position in world units. Runs that differ "
-             "only in their seed are aggregated as mean ± standard deviation (n runs).")
+             "only in their training seed (train.seed) are aggregated as mean ± standard deviation (n runs).")
     md = ["# Backbone comparison", "", intro, ""] + ([note, ""] if note else []) + [
         "## By configuration", "", markdown_table(group_header, group_rows), "",
         "## Every run", "", markdown_table(run_header, run_rows), "",

@@ -125,7 +125,7 @@ def queue_rows(root: Path) -> tuple[list[dict], int | None, list[str]]:
         def row(entry, state: str) -> dict:
             params = params_at(root, entry.stash_rev)
             return {"name": entry.name or entry.stash_rev[:7], "state": state, "backbone": params.get("model"),
-                    "seed": params.get("seed"), "epochs": (params.get("train") or {}).get("epochs"),
+                    "seed": (params.get("train") or {}).get("seed"), "epochs": (params.get("train") or {}).get("epochs"),
                     "rev": entry.stash_rev}
 
         for entry in queue.iter_active():
