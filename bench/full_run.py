@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,7 +66,11 @@ def main() -> None:
     trajvid = [sys.executable, "-m", "trajvid"]
 
     data = work / "data" / "trajectories"
-    (work / "params-data.yaml").write_text(yaml.safe_dump(base))
+    data_params = {"seed": base["seed"], "data": base["data"]}  # what the dataset is a function of
+    previous = work / "params-data.yaml"
+    if data.exists() and (not previous.exists() or yaml.safe_load(previous.read_text()) != data_params):
+        shutil.rmtree(data)  # generated with other data params: not this run's dataset
+    previous.write_text(yaml.safe_dump(data_params))
     if not data.exists():
         start = time.perf_counter()
         subprocess.run([*trajvid, "generate", "--no-progress", "--params", str(work / "params-data.yaml"),
@@ -126,7 +131,8 @@ def main() -> None:
     print(f"{'baseline':<12} {t['accuracy']:>7.4f} {pc['linear']:>7.4f} {pc['circular']:>7.4f} "
           f"{pc['helical']:>7.4f} {pc['parabolic']:>7.4f} {t['position_rmse']:>7.4f}   (classical: triangulate and fit)")
     print(f"{'copy-last':<12} {'':>39} {baseline['copy_last']['position_rmse']:>7.4f}   (the last visible position)")
-    print(f"params: {' '.join(args.set) or 'defaults'}; seed {base['seed']}; scored on the {split} split")
+    print(f"params: {' '.join(args.set) or 'defaults'}; data seed {base['seed']}, training seed "
+          f"{base['train'].get('seed', 0)}; scored on the {split} split")
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ def test_two_processes_write_one_model_like_one_process(tmp_path, tiny_dataset):
     global batches, averaged gradients. With a backbone without BatchNorm (the transformer:
     LayerNorm only) the weights after the epoch's two steps must be those of the one-process run
     but for float summation order. Measured 2026-12-01 on this CPU: the two runs' weights differ
-    by 2.1e-6 of how far training moved them (relative L2; 11 % before the schedule counted
-    optimizer steps rather than scheduler calls); a doubled learning rate, the control, by far
-    more. The keypoint heat biases are left out: the softmax over the cells ignores a constant
+    by 1.3e-6 of how far training moved them (relative L2, train.seed 0; 2.1e-6 with seed 42;
+    11 % before the schedule counted optimizer steps rather than scheduler calls); a doubled
+    learning rate, the control, by 1.0. The keypoint heat biases are left out: the softmax over the cells ignores a constant
     added to every cell's logit, so their gradient is zero but for rounding, which AdamW's
     normalisation turns into steps of up to the learning rate (2.6e-3 measured)."""
     from accelerate.utils import set_seed
@@ -61,7 +61,7 @@ def test_two_processes_write_one_model_like_one_process(tmp_path, tiny_dataset):
     assert len(rows) == 2  # header + epoch 1
 
     weights = {name: load_file(str(tmp_path / name / "models" / "model.safetensors")) for name in ("one", "two", "control")}
-    set_seed(raw["seed"])  # what `train` does before it builds the model: its initial weights
+    set_seed(config["seed"])  # what `train` does (with train.seed) before it builds the model: its initial weights
     initial = build_model("transformer", HeadParams(**config["head"]), **config["sizes"]).state_dict()
     keys = [k for k in initial if initial[k].is_floating_point() and not k.startswith("position_")
             and k != "readout.cell.bias"]

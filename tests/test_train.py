@@ -256,22 +256,19 @@ def test_the_learning_rate_of_an_optimizer_step_does_not_depend_on_the_number_of
     assert one(0) == 0.1 and one(9) == 1.0 and one(10) == 1.0 and one(99) < 0.01  # warm-up, then cosine
 
 
-def test_two_training_seeds_on_one_dataset_train_two_models_on_the_same_samples(tiny_dataset, tmp_path):
-    """train.seed seeds initialisation, shuffling and dropout, not the data: two training seeds
-    give other weights on the same dataset (and the same test samples, so the models can be
-    compared sample by sample); the same training seed gives the same weights."""
+def test_two_training_seeds_on_one_dataset_train_two_models(tiny_dataset, tmp_path):
+    """train.seed seeds the training, not the data: on one dataset two training seeds give other
+    weights and the same seed the same weights; config.json names both seeds. (That the data
+    stay the same is the generate stage's params: tests/test_structure.py.)"""
     from safetensors.torch import load_file
 
-    weights, actual = {}, {}
+    weights = {}
     for name, seed in (("a", 0), ("b", 1), ("again", 0)):
         raw = tiny_params(num_samples=200, epochs=1)
         raw["train"]["seed"] = seed
         train(parse(raw), tiny_dataset, tmp_path / name, live_dir=None, progress=False)
         weights[name] = load_file(str(tmp_path / name / "model.safetensors"))
-        evaluate(tiny_dataset, tmp_path / name, tmp_path / f"metrics-{name}", threads=2, num_workers=0)
-        actual[name] = [row["actual"] for row in json.loads((tmp_path / f"metrics-{name}" / "confusion.json").read_text())]
         config = json.loads((tmp_path / name / "config.json").read_text())
         assert (config["seed"], config["data_seed"]) == (seed, raw["seed"])
     assert any(not torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
     assert all(torch.equal(weights["a"][k], weights["again"][k]) for k in weights["a"])
-    assert actual["a"] == actual["b"] == actual["again"]

@@ -161,13 +161,15 @@ def train(
 def evaluate(
     data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory."),
     model: Path = typer.Option(Path("models"), help="Trained model directory."),
-    out: Path = typer.Option(Path("metrics"), help="Metrics output directory."),
+    out: Path = typer.Option(None, help="Metrics output directory [default: metrics, or metrics/validation "
+                                         "with --split validation, beside the stage's own]."),
     params_file: Path = PARAMS,
     split: str = typer.Option("test", help="test (the stage: a run's result) or validation (design comparisons)."),
 ) -> None:
     """Evaluate the trained model on the test split (stage `evaluate`)."""
     if split not in ("test", "validation"):
         _fail(f"--split {split!r} is not allowed: use test or validation")
+    out = out or (Path("metrics") if split == "test" else Path("metrics") / split)
     params = _load(params_file)
     _claim_gpu()
     from trajvid.evaluate import evaluate as run

@@ -118,9 +118,10 @@ def fingerprint(params: Params, sizes: dict, data_dir: Path, processes: int = 1)
 
 def lr_lambda(total_steps: int, warmup_steps: int, calls_per_step: int = 1):
     """Linear warm-up to the full rate, then cosine decay to zero, over optimizer steps. The
-    scheduler is called `calls_per_step` times per optimizer step (Accelerate steps a prepared
-    scheduler once per process), so the rate of optimizer step s is the same whatever the number
-    of processes (counting calls instead gave two processes half the first step's rate)."""
+    scheduler is called `calls_per_step` times per optimizer step (a scheduler prepared by
+    Accelerate, without split_batches, is stepped num_processes times in each process at every
+    optimizer step), so the rate of optimizer step s is the same whatever the number of processes
+    (counting calls instead gave two processes half the first step's rate)."""
     def factor(calls: int) -> float:
         step = calls // calls_per_step
         if step < warmup_steps:
@@ -233,7 +234,10 @@ def make_loaders(cfg: TrainParams, accelerator, train_set, val_set) -> tuple[Dat
     process takes its share, so a run on 2 processes or GPUs optimises what a run on 1 does.
     Workers are not persistent: each epoch's iterator then draws its worker seed from the torch
     RNG at the same point of an uninterrupted and of a resumed run, keeping them identical.
-    Validation is sharded by hand (no padding: every sample counted once) and run unwrapped."""
+    Validation is sharded by hand (no padding: every sample counted once) and run unwrapped.
+    (When the train split is not a multiple of train.batch_size, Accelerate pads the last
+    batches of a multi-process run with samples from the epoch's start: its last step then
+    differs from one process's.)"""
     if cfg.batch_size % accelerator.num_processes:
         raise ParamsError(f"train.batch_size={cfg.batch_size} cannot be shared by {accelerator.num_processes} "
                           "processes; use a multiple of the number of processes")

@@ -119,7 +119,9 @@ class FeatureExtractor(nn.Module):
     Config: ClassVar[type] = BackboneConfig
     coordinates: ClassVar[bool] = True  # add the x, y, t coordinate channels to the input
     # Convolutional backbones with BatchNorm run faster in channels-last layout (measured on this
-    # CPU: I3D 33 -> 37 samples/s, SlowFast 17 -> 22); GroupNorm ones (MagVIT) run slower.
+    # CPU, 2026-11-28: I3D 33 -> 37 samples/s, SlowFast 17 -> 22); GroupNorm ones (MagVIT) run
+    # slower. One run on 2026-12-01 gave I3D 45 channels-last against 50 contiguous: to be
+    # re-measured interleaved (docs/performance.md).
     channels_last: ClassVar[bool] = False
 
     def __init__(self, config: BackboneConfig, input_size: InputSize = InputSize()):
@@ -146,7 +148,7 @@ class FeatureExtractor(nn.Module):
         (channels-last: 142 and 83 ms) on this CPU, 2026-12-01, with identical values. The
         backward pass has read a step's input before the next forward overwrites it (autograd's
         version counter would stop a program that did otherwise); in eval mode (validation,
-        `evaluate`, `ensemble`, `explain`) no model keeps one for nothing."""
+        `evaluate`, `ensemble`, `explain`) none is used, and `train(False)` lets it go."""
         if not self.training or videos.requires_grad:
             return None
         shape = fused_shape(videos, self.coordinates, self.channels_last)
@@ -154,6 +156,11 @@ class FeatureExtractor(nn.Module):
         if buffer is None or tuple(buffer.shape) != shape or buffer.device != videos.device:
             buffer = self.__dict__["_input_buffer"] = torch.empty(shape, device=videos.device)
         return buffer
+
+    def train(self, mode: bool = True):
+        if not mode:
+            self.__dict__.pop("_input_buffer", None)  # eval mode fuses into fresh tensors
+        return super().train(mode)
 
     def use_channels_last(self) -> None:
         """Give every Conv3d weight the channels-last layout (call at the end of __init__)."""

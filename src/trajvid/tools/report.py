@@ -4,7 +4,8 @@ Reads every given revision (default: every branch and every DVC experiment) stra
 without checking anything out: `metrics/metrics.json` (the test figures), `params.yaml`,
 `models/config.json` is not needed (metrics.json names the model, its size and the training),
 and DVCLive's per-epoch logs for the learning curves. Runs of one configuration that differ only in
-their seed are aggregated as mean ± standard deviation with the count. The classical baseline
+their training seed (train.seed) are aggregated as mean ± standard deviation with the count; runs
+on other data (another `seed`) never are. The classical baseline
 (`metrics/baseline.json`) and copying the last visible position are drawn beside them.
 
 Writes reports/comparison.md, reports/comparison.html (self-contained: charts inlined as data

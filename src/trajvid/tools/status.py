@@ -235,7 +235,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def render(status: dict) -> str:
-    header = ["NAME", "STATE", "BACKBONE", "SEED", "EPOCH", "ETA", "VAL ACC", "VAL RMSE", "DEVICE", "PID", "NOTE"]
+    header = ["NAME", "STATE", "BACKBONE", "TRAIN SEED", "EPOCH", "ETA", "VAL ACC", "VAL RMSE", "DEVICE", "PID", "NOTE"]
     table = [header]
     for r in status["runs"]:
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
