@@ -21,7 +21,7 @@ from trajvid.runtime.files import write_json, writing
 
 
 def predict(model, dataset, batch_size: int = 32, num_workers: int = 2) -> tuple[SplitMetrics, list[dict]]:
-    """The test figures and one {actual, predicted} row per sample."""
+    """The figures of `dataset` and one {actual, predicted} row per sample."""
     metrics, confusion = SplitMetrics(), []
     for batch, [(logits, position)] in outputs([model], dataset, batch_size, num_workers):
         labels = batch["label"]
@@ -39,8 +39,8 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
     scored = open_split(data_dir, split)  # checks the shards before any other work
     model, config = load_trained(model_dir)
     metrics, confusion = predict(model, scored, num_workers=num_workers)
-    test = metrics.result()
-    del test["losses"]  # none are computed here: only the task figures
+    figures = metrics.result()
+    del figures["losses"]  # none are computed here: only the task figures
     training = config["training"]
     result = {
         "model": {
@@ -49,7 +49,7 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
             "params": count_parameters(model),
             "size_bytes": (Path(model_dir) / WEIGHTS).stat().st_size,
         },
-        split: test,
+        split: figures,
         "train": {
             "seed": config["seed"],  # the training's
             "data_seed": config.get("data_seed"),
@@ -64,6 +64,6 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
     with writing("the test metrics", out):
         write_json(out / "confusion.json", confusion)
         write_json(out / "position_error.json",
-                   [{"class": name, "rmse": rmse} for name, rmse in test["per_class_position_rmse"].items()])
+                   [{"class": name, "rmse": rmse} for name, rmse in figures["per_class_position_rmse"].items()])
         write_json(out / "metrics.json", result)
     return result

@@ -83,11 +83,12 @@ def imported_closure(names: list[str]) -> set[str]:
     names = list(names)
     while names:
         name = names.pop()
-        if name in seen or not name.startswith("trajvid.") or importlib.util.find_spec(name) is None:
+        spec = None if name in seen or not name.startswith("trajvid.") else importlib.util.find_spec(name)
+        if spec is None:
             continue
         seen.add(name)
         names.append(name.rpartition(".")[0])  # the package it sits in
-        tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
+        tree = ast.parse(Path(spec.origin).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module:
                 names.append(node.module)
