@@ -9,6 +9,7 @@ split, from another row or with another aggregation differs from the oracle's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -112,6 +113,18 @@ def test_evaluate_reports_what_the_model_does_on_the_test_split(trained, tiny_da
     assert confusion == [{"actual": CLASSES[a], "predicted": CLASSES[p]} for a, p in zip(test["label"], predicted_class)]
     rows = json.loads((trained / "metrics" / "position_error.json").read_text())
     assert rows == [{"class": n, "rmse": pytest.approx(v, rel=EXACT)} for n, v in expected["per_class_position_rmse"].items()]
+    # the per-sample record: the same samples in order, the model's softmax and position, rows 32 and 31
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(trained / "metrics" / "predictions.parquet").to_pydict()
+    assert table["sample_id"] == test["sample_id"].tolist() and table["label"] == test["label"].tolist()
+    probabilities = np.stack([table[f"prob_{n}"] for n in CLASSES], axis=1)
+    np.testing.assert_allclose(probabilities, logits.softmax(-1).numpy(), rtol=EXACT, atol=1e-7)
+    for name, rows in (("next", position.numpy()), ("target", test["positions"][:, NEXT]),
+                       ("last", test["positions"][:, NEXT - 1])):
+        np.testing.assert_allclose(np.stack([table[f"{name}_{c}"] for c in "xyz"], axis=1), rows, rtol=EXACT, atol=1e-7)
+    assert metrics["data"] == {"fingerprint": hashlib.sha256((tiny_dataset / "SHA256SUMS").read_bytes()).hexdigest(),
+                               "split": "test"}
     # the control: row 31 (the last visible frame) as the target gives another figure
     wrong = figures(test["label"], predicted_class, position.numpy(), test["positions"][:, NEXT - 1])
     assert abs(wrong["position_rmse"] / expected["position_rmse"] - 1) > 100 * EXACT

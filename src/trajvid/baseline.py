@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from trajvid.data.scene import BACKGROUND, CLASS_NAMES
-from trajvid.data.shards import open_split, read_metadata
+from trajvid.data.shards import dataset_fingerprint, open_split, read_metadata
 from trajvid.head.geometry import projection_matrices, triangulate
 from trajvid.metrics import SplitMetrics
 from trajvid.runtime.files import write_json, writing
@@ -127,6 +127,7 @@ def run_baseline(data_dir: str | Path, split: str = "test", cameras: dict | None
                                              "per_class_position_rmse")},
         "triangulation": {"position_rmse": float(np.sqrt(triangulation_sq / (3 * triangulated_frames)))},
         "split": split,
+        "data": {"fingerprint": dataset_fingerprint(data_dir), "split": split},  # as metrics.json's
     }
 
 

@@ -4,31 +4,59 @@ Writes (each whole or not at all, `files.write_json`)
   metrics/metrics.json         model, test and train figures (docs/data.md, "Outputs")
   metrics/confusion.json       one {actual, predicted} row per test sample (a DVC `confusion` plot)
   metrics/position_error.json  per-class next-position RMSE rows (a DVC bar plot)
+  metrics/predictions.parquet  one row per scored sample (`PREDICTION_COLUMNS`): what a run record
+                               keeps so that intervals and paired comparisons need no model (tools/records.py)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from trajvid.data.scene import CLASS_NAMES
-from trajvid.data.shards import open_split
+from trajvid.data.shards import dataset_fingerprint, open_split
 from trajvid.head.multitask import count_parameters
 from trajvid.inference import outputs
 from trajvid.metrics import SplitMetrics
 from trajvid.model_files import WEIGHTS, load_trained
 from trajvid.runtime.devices import set_threads
-from trajvid.runtime.files import write_json, writing
+from trajvid.runtime.files import atomic_write, write_json, writing
+
+# The per-sample file's columns, all float32 but the first two: the sample, its class index, the
+# model's class probabilities, its next position, the true next position (row 32) and the last
+# visible one (row 31, what copying the last position predicts), in world units.
+PREDICTION_COLUMNS = ("sample_id", "label", *(f"prob_{name}" for name in CLASS_NAMES),
+                      "next_x", "next_y", "next_z", "target_x", "target_y", "target_z", "last_x", "last_y", "last_z")
 
 
-def predict(model, dataset, batch_size: int = 32, num_workers: int = 2) -> tuple[SplitMetrics, list[dict]]:
-    """The figures of `dataset` and one {actual, predicted} row per sample."""
-    metrics, confusion = SplitMetrics(), []
+def predict(model, dataset, batch_size: int = 32,
+            num_workers: int = 2) -> tuple[SplitMetrics, list[dict], dict[str, np.ndarray]]:
+    """The figures of `dataset`, one {actual, predicted} row per sample and the per-sample
+    predictions (`PREDICTION_COLUMNS`)."""
+    metrics, confusion, ids, labels, values = SplitMetrics(), [], [], [], []
     for batch, [(logits, position)] in outputs([model], dataset, batch_size, num_workers):
-        labels = batch["label"]
-        metrics.add(logits, labels, position, batch["positions"][:, -1].to(position.device))
+        label = batch["label"]
+        metrics.add(logits, label, position, batch["positions"][:, -1].to(position.device))
         confusion += [{"actual": CLASS_NAMES[a], "predicted": CLASS_NAMES[p]}
-                      for a, p in zip(labels.tolist(), logits.argmax(-1).cpu().tolist())]
-    return metrics, confusion
+                      for a, p in zip(label.tolist(), logits.argmax(-1).cpu().tolist())]
+        ids.append(batch["sample_id"].numpy())
+        labels.append(label.numpy())
+        values.append(np.concatenate([logits.float().softmax(-1).cpu().numpy(), position.float().cpu().numpy(),
+                                      batch["positions"][:, -1].numpy(), batch["positions"][:, -2].numpy()], axis=1))
+    values = np.concatenate(values).astype(np.float32)
+    table = {"sample_id": np.concatenate(ids).astype(np.int64), "label": np.concatenate(labels).astype(np.int8)}
+    table.update({name: values[:, i] for i, name in enumerate(PREDICTION_COLUMNS[2:])})
+    return metrics, confusion, table
+
+
+def write_predictions(path: Path, table: dict[str, np.ndarray]) -> None:
+    """`table` as one Parquet file (zstd), whole or not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = pa.table({name: table[name] for name in PREDICTION_COLUMNS})
+    atomic_write(path, lambda tmp: pq.write_table(columns, tmp, compression="zstd"))
 
 
 def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path = "models",
@@ -38,7 +66,7 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
     set_threads(threads)
     scored = open_split(data_dir, split)  # checks the shards before any other work
     model, config = load_trained(model_dir)
-    metrics, confusion = predict(model, scored, num_workers=num_workers)
+    metrics, confusion, table = predict(model, scored, num_workers=num_workers)
     figures = metrics.result()
     del figures["losses"]  # none are computed here: only the task figures
     training = config["training"]
@@ -50,6 +78,7 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
             "size_bytes": (Path(model_dir) / WEIGHTS).stat().st_size,
         },
         split: figures,
+        "data": {"fingerprint": dataset_fingerprint(data_dir), "split": split},  # which samples were scored
         "train": {
             "seed": config["seed"],  # the training's
             "data_seed": config.get("data_seed"),
@@ -58,6 +87,9 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
             "epochs": training["epochs"],
             "device": training["device"],
             "processes": training["processes"],
+            "threads": training.get("threads"),  # per epoch: the summation order depends on it
+            "mixed_precision": training.get("mixed_precision"),
+            "best_epoch": training.get("best_epoch"),
         },
     }
     out = Path(out_dir)
@@ -65,5 +97,6 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
         write_json(out / "confusion.json", confusion)
         write_json(out / "position_error.json",
                    [{"class": name, "rmse": rmse} for name, rmse in figures["per_class_position_rmse"].items()])
+        write_predictions(out / "predictions.parquet", table)
         write_json(out / "metrics.json", result)
     return result
