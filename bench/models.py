@@ -30,25 +30,6 @@ import sys
 import time
 
 
-def flops_per_sample(model, videos, labels, positions, autocast, multitask_loss) -> tuple[float, float]:
-    """(forward, train step) GFLOP per sample as FlopCounterMode counts them, attention on the
-    MATH backend (the CPU flash kernel is not in the counter's registry and would count as 0)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    batch = len(videos)
-    with sdpa_kernel(SDPBackend.MATH):
-        # with autograd on (under no_grad the counter's module tracker trips on the transformer)
-        with autocast, FlopCounterMode(display=False) as forward:
-            model(videos)
-        with FlopCounterMode(display=False) as step:
-            with autocast:
-                loss, _ = multitask_loss(model, model(videos, full=True), labels, positions)
-            loss.backward()
-    model.zero_grad(set_to_none=True)
-    return forward.get_total_flops() / batch / 1e9, step.get_total_flops() / batch / 1e9
-
-
 def peak_rates(device: str) -> dict:
     """This machine's best measured GFLOP/s for a large matrix product and a large 3D convolution,
     fp32 and bf16 (the yardsticks of utilisation)."""
@@ -98,6 +79,7 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
         torch.set_num_threads(threads)
     from trajvid.head.multitask import build_model, count_parameters, multitask_loss
     from trajvid.params import HeadParams
+    from trajvid.tools.flops import flops_per_sample
 
     torch.manual_seed(0)
     model = build_model(name, HeadParams(type=head)).to(device)
@@ -119,7 +101,7 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
         optimizer.step()
 
     model.train()
-    forward_gflop, step_gflop = flops_per_sample(model, videos, labels, positions, autocast, multitask_loss)
+    forward_gflop, step_gflop = flops_per_sample(model, videos, labels, positions, autocast)
     for _ in range(2):
         train_step()
     sync()

@@ -137,6 +137,19 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
     raw = tiny_params(num_samples=40, epochs=1)
     raw["train"]["threads"] = 0  # two at once (-j 2) share the cores instead of oversubscribing them
     repo = make_repo(tmp_path / "exps", raw)
+    # the team's DVC remote (moto's S3 server) is set before the experiments run: each experiment
+    # commit carries the remote's URL, which `dvc exp push` reads to push that experiment's models
+    server, endpoint, s3 = s3_server()
+    try:
+        use_s3_remote(repo, endpoint)
+        run(["git", "add", ".dvc/config"], repo)
+        run(["git", "commit", "-qm", "the team's DVC remote"], repo)
+        queue_report_and_share(repo, tmp_path, endpoint, s3)
+    finally:
+        server.stop()
+
+
+def queue_report_and_share(repo, tmp_path, endpoint, s3) -> None:
     first, *others = STUDY_BACKBONES  # frame2d, the control, among them
     run(["dvc", "exp", "run", "-n", f"exp-{first}", "-S", f"model={first}"], repo)
     for name in others:
@@ -174,20 +187,23 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
         assert rows[name]["state"] == "finished" and rows[name]["test_accuracy"] is not None, rows
     assert (rows["exp-i3d-seed-7"]["backbone"], rows["exp-i3d-seed-7"]["seed"]) == ("i3d", 7)
 
-    # `trajvid report` over every experiment: one row each; runs on other data are never aggregated
+    # `trajvid report` over every experiment, before any is recorded: one row each; runs on other
+    # data (data seed 7) get a section of their own, never a shared table
     accuracy = {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp["revs"]:
                 accuracy[rev["name"]] = rev["data"]["metrics"]["metrics/metrics.json"]["data"]["test"]["accuracy"]
     run(["trajvid", "report"], repo)
-    check_report(repo / "reports", accuracy)
-    md = (repo / "reports" / "comparison.md").read_text()
-    i3d = [line for line in md.splitlines() if line.startswith("| i3d (keypoints) |")]
-    i3d = [line for line in md.splitlines() if line.startswith("| i3d (keypoints) [exp-i3d] |")]
-    assert len(i3d) == 1 and f"| 1 | 0 | {accuracy['exp-i3d']:.4f} |" in i3d[0], md
-    other_data = [line for line in md.splitlines() if line.startswith("| i3d (keypoints) [exp-i3d-seed-7] |")]
-    assert len(other_data) == 1 and f"| 1 | 7 | {accuracy['exp-i3d-seed-7']:.4f} |" in other_data[0], md
+    check_report(repo / "reports", accuracy, sections=2)
+    live_report = (repo / "reports" / "comparison.md").read_text()
+    seven = live_report.split("data seed 7,")[1].split("## Charts")[0]
+    assert "exp-i3d-seed-7" in seven and "exp-slowfast" not in seven, seven
+
+    # the team's flow: record the runs in git, push the experiments to a git remote (a bare
+    # repository) and their models to a DVC remote (moto's S3 server); a second clone reports from
+    # the records alone, then pulls the experiments and finds them recorded
+    share_and_report_elsewhere(repo, tmp_path, live_report, set(accuracy), endpoint, s3)
 
     # `trajvid ensemble` of experiments by name, weighted by their validation RMSE
     run(["trajvid", "ensemble", "exp-i3d", "exp-slowfast", "--weights", "validation"], repo)
@@ -209,17 +225,75 @@ def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):
     assert elsewhere.returncode == 2 and "was trained on other data" in elsewhere.stderr, elsewhere.stderr
 
 
-def check_report(reports, accuracy: dict) -> None:
-    """Every run's accuracy in the table equals its metrics file; the charts are PNGs; the HTML
-    fetches nothing (no http(s) reference: charts are inline data)."""
+def check_report(reports, accuracy: dict, sections: int = 1) -> None:
+    """Every run's accuracy in the table (its row named by where it came from) equals its metrics
+    file; the charts are PNGs; the HTML fetches nothing (no http(s) reference: charts are inline)."""
     md = (reports / "comparison.md").read_text()
     for name, value in accuracy.items():
-        row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
+        row = next(line for line in md.splitlines() if line.startswith("| ") and f" | {name} | " in line)
         assert f"| {value:.4f} |" in row, (name, row)
     charts = sorted(reports.glob("*.png"))
-    assert len(charts) == 5 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in charts)
+    assert len(charts) == 5 * sections and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in charts)
     html = (reports / "comparison.html").read_text()
-    assert "http://" not in html and "https://" not in html and html.count("data:image/png;base64,") == 5
+    assert "http://" not in html and "https://" not in html and html.count("data:image/png;base64,") == 5 * sections
+
+
+def s3_server():
+    """moto's S3 server on 127.0.0.1 with a bucket `trajvid`: (server, endpoint, boto3 client)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="trajvid")
+    return server, endpoint, s3
+
+
+def use_s3_remote(repo, endpoint) -> None:
+    """The DVC remote `store` (default), its endpoint and credentials in .dvc/config.local only."""
+    run(["dvc", "remote", "add", "-f", "-d", "store", "s3://trajvid/cache"], repo)
+    for key, value in (("endpointurl", endpoint), ("access_key_id", "testing"),
+                       ("secret_access_key", "testing"), ("region", "us-east-1")):
+        run(["dvc", "remote", "modify", "--local", "store", key, value], repo)
+
+
+def share_and_report_elsewhere(repo, tmp_path, live_report: str, experiments: set, endpoint, s3) -> None:
+    written = run(["trajvid", "collect"], repo).stdout
+    assert written.count(" written") == len(experiments), written  # the workspace is one of the experiments
+    assert run(["trajvid", "collect"], repo).stdout.count(" unchanged") == len(experiments) + 1  # safe to rerun
+    records = sorted(p.name for p in (repo / "results" / "runs").iterdir())
+    assert len(records) == len(experiments)
+    run(["trajvid", "report"], repo)
+    assert (repo / "reports" / "comparison.md").read_text() == live_report  # records say what the runs said
+    run(["git", "add", "results"], repo)
+    run(["git", "commit", "-qm", "results: the recorded runs"], repo)
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
+    run(["git", "remote", "add", "origin", str(origin)], repo)
+    run(["git", "push", "-q", "origin", "main"], repo)
+    run(["dvc", "exp", "push", "origin", "--all-commits"], repo)  # the experiments' refs, and their models to S3
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="trajvid").get("Contents", [])]
+    model_md5 = json.loads((repo / "results" / "runs" / records[0] / "run.json").read_text())["model"]["md5"]
+    assert f"cache/files/md5/{model_md5[:2]}/{model_md5[2:]}" in keys
+
+    clone = tmp_path / "elsewhere"
+    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    assert not (clone / ".dvc" / "cache").exists() and not (clone / "models" / "model.safetensors").exists()
+    run(["trajvid", "report"], clone)  # git alone: no model, no DVC cache, no experiment
+    assert (clone / "reports" / "comparison.md").read_text() == live_report
+    assert "access_key" not in (clone / ".dvc" / "config").read_text()
+
+    use_s3_remote(clone, endpoint)  # each member's credentials: .dvc/config.local
+    run(["dvc", "exp", "pull", "origin", "--all-commits"], clone)
+    listed = run(["dvc", "exp", "list", "--all-commits", "--name-only"], clone).stdout.split()
+    assert set(listed) == experiments, listed
+    assert (clone / ".dvc" / "cache" / "files" / "md5" / model_md5[:2] / model_md5[2:]).is_file()
+    again = run(["trajvid", "collect"], clone).stdout
+    assert again.count(" unchanged") == len(experiments) and " written" not in again, again
 
 
 def test_branches_compare_with_metrics_diff_and_plots_diff(tmp_path):
@@ -256,13 +330,12 @@ def test_branches_compare_with_metrics_diff_and_plots_diff(tmp_path):
     assert result["model"]["params"] == sum(
         json.loads(run(["git", "show", f"{b}:metrics/metrics.json"], repo).stdout)["model"]["params"] for b in ("i3d", "magvit"))
 
-    # `trajvid report` of the two branches, with the ensemble (of the workspace) as a row
+    # `trajvid report` of the two branches, by name: the two and their paired difference
     run(["trajvid", "report", "i3d", "magvit"], repo)
     check_report(repo / "reports", {branch: json.loads(run(["git", "show", f"{branch}:metrics/metrics.json"], repo).stdout)
                                     ["test"]["accuracy"] for branch in ("i3d", "magvit")})
     md = (repo / "reports" / "comparison.md").read_text()
-    row = next(line for line in md.splitlines() if line.startswith("| ensemble of i3d + magvit"))
-    assert f"| {result['test']['accuracy']:.4f} |" in row, row
+    assert "| i3d (keypoints, fp32) | magvit (keypoints, fp32) | " in md, md
 
     # `trajvid explain --rev`: a branch's model, read the same way
     explained = run(["trajvid", "explain", "--rev", "magvit", "--sample", "1", "--out", "explained"], repo)
@@ -337,17 +410,8 @@ def test_push_and_pull_through_a_local_remote(baseline, tmp_path):
 
 def test_push_and_pull_through_s3(baseline, tmp_path):
     """A real S3 endpoint: moto's server on 127.0.0.1 (as dvc-s3's own tests use)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
+    server, endpoint, s3 = s3_server()
     try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-        s3.create_bucket(Bucket="trajvid")
         clone = push_then_pull_into_a_clone(
             baseline, tmp_path / "s3clone", ["s3://trajvid/cache"],
             local_config=[("endpointurl", endpoint), ("access_key_id", "testing"),

@@ -214,18 +214,37 @@ def status(
 
 @app.command()
 @stage
-def report(
-    revisions: list[str] = typer.Argument(None, help="Branches, tags, commits or experiment names [default: all "
-                                                       "branches and experiments with metrics]."),
-    out: Path = typer.Option(Path("reports"), help="Output directory."),
+def collect(
+    revisions: list[str] = typer.Argument(None, help="Experiment names, branches, tags, commits, or `workspace` "
+                                                       "[default: the workspace and every DVC experiment]."),
     repo: Path = typer.Option(Path("."), "--repo", help="The repository."),
 ) -> None:
-    """Tables and charts comparing the backbones: reports/comparison.{md,html} and PNG charts."""
+    """Record each finished run in git: results/runs/<name>/ (run.json, metrics, curves, per-sample predictions)."""
+    from trajvid.tools.records import collect as run
+
+    for source, name, what in run(repo, revisions or None):
+        typer.echo(f"{source}: {name} {what}" if name != "-" else f"{source}: {what}")
+
+
+@app.command()
+@stage
+def report(
+    names: list[str] = typer.Argument(None, help="Run records, experiments, branches, tags or commits [default: every "
+                                                   "record in results/runs/ and every finished experiment]."),
+    out: Path = typer.Option(Path("reports"), help="Output directory."),
+    publish: bool = typer.Option(False, "--publish", help="Also write the results of docs/results.md and the README "
+                                                          "(from the records alone)."),
+    repo: Path = typer.Option(Path("."), "--repo", help="The repository."),
+) -> None:
+    """Tables and charts comparing the backbones, with intervals: reports/comparison.{md,html} and PNG charts."""
     from trajvid.tools.report import report as run
 
-    result = run(repo, revisions or None, out)
+    if publish and names:
+        _fail("--publish writes the results of every record: give no names with it")
+    result = run(repo, names or None, out, publish_docs=publish)
     typer.echo(f"wrote {result['out']}/comparison.md, comparison.html and {len(result['charts'])} charts "
-               f"({result['runs']} runs in {result['groups']} configurations)")
+               f"({result['runs']} runs in {result['configurations']} configurations on {result['sections']} datasets)"
+               + (f"; and {', '.join(result['published'])}" if result["published"] else ""))
 
 
 @app.command()

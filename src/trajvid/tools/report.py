@@ -1,355 +1,197 @@
-"""`trajvid report [REV ...]`: the comparison of backbones as tables and charts.
+"""`trajvid report [NAME ...]`: the comparison of backbones, from run records, as tables and charts.
 
-Reads every given revision (default: every branch and every DVC experiment) straight from git,
-without checking anything out: `metrics/metrics.json` (the test figures), `params.yaml`,
-`models/config.json` is not needed (metrics.json names the model, its size and the training),
-and DVCLive's per-epoch logs for the learning curves. Runs of one configuration that differ only in
-their training seed (train.seed) are aggregated as mean ± standard deviation with the count; runs
-on other data (another `seed`) never are. The classical baseline
-(`metrics/baseline.json`) and copying the last visible position are drawn beside them.
+Reads the run records in `results/runs/` (tools/records.py) and every finished DVC experiment not
+recorded yet (read through git, as `trajvid collect` would record it); with NAMEs, only those
+records, experiments or revisions. Neither a model nor the DVC cache is needed: every figure is
+computed from the records' per-sample predictions (tools/stats.py).
+
+- Runs are grouped into configurations by code fingerprint (the train stage's code in dvc.lock)
+  and config fingerprint (every param that changes the result but the training seed): a
+  configuration's runs are repeats over training seeds; a second run with the same seed is left
+  out and named.
+- Runs on different data (data fingerprint: the SHA-256 of the dataset's SHA256SUMS) never share a
+  table or a chart: each dataset has its own section, with the classical baseline that scored the
+  same data and copying the last visible position on the same samples.
+- Figures: the mean over seeds with a 95 % interval over seeds and test samples (two-level
+  bootstrap), and the paired differences between configurations on the same test samples.
 
 Writes reports/comparison.md, reports/comparison.html (self-contained: charts inlined as data
-URIs, no script or style from anywhere) and the charts as PNG files.
+URIs, no script or style from anywhere) and the charts as PNG files. `--publish` also writes the
+generated parts of docs/results.md and of the README (between their `<!-- results -->` markers).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+import numpy as np
 
+from trajvid.data.scene import CLASS_NAMES
 from trajvid.errors import TrajvidError
 from trajvid.params import DataParams, TrainParams
 from trajvid.runtime.files import atomic_write, write_text
-from trajvid.tools.git import default_revisions, experiment_commits, git, resolve
+from trajvid.tools import stats
+from trajvid.tools.git import default_revisions, resolve
+from trajvid.tools.records import Record, RecordError, load_records, record_of
 
+CHARTS = ("accuracy_rmse", "per_class_accuracy", "learning_curves", "error_gflop", "time_tradeoff")
 CURVES = ("val/accuracy", "val/position_rmse")
-CHARTS = ("accuracy_rmse", "per_class_accuracy", "learning_curves", "time_tradeoff", "size")
+KEYPOINT_CURVE = "val/keypoint_distance_px"
 
 
 class ReportError(TrajvidError):
-    """A revision that cannot be read, or nothing to report."""
+    """Nothing to report, or a name that is neither a record nor a revision."""
+
+
+# -- runs and configurations --------------------------------------------------------------------
 
 
 @dataclass
-class ReportedRun:
-    name: str  # the branch, tag or experiment name given or found
-    rev: str  # the commit
-    params: dict
-    metrics: dict
-    curves: dict = field(default_factory=dict)  # "val/accuracy" -> [(epoch, value)]
+class Configuration:
+    """The runs of one configuration (same data, code and params but the training seed)."""
+
+    label: str
+    runs: list[Record]
+    quantities: list[dict[str, np.ndarray]] = field(default_factory=list)  # per run: stats.per_sample
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)  # stats.replicates of this group
 
     @property
-    def backbone(self) -> str:
-        return self.metrics.get("model", {}).get("name") or self.params.get("model", "?")
+    def first(self) -> dict:
+        return self.runs[0].run
 
     @property
-    def seed(self):
-        """The training's seed (train.seed; before it existed, the one seed of data and training)."""
-        return self.metrics.get("train", {}).get("seed", (self.params.get("train") or {}).get("seed"))
+    def seeds(self) -> list:
+        return [r.run["train_seed"] for r in self.runs]
 
-    @property
-    def head(self) -> str:
-        return self.metrics.get("model", {}).get("head") or (self.params.get("head") or {}).get("type", "-")
+    def figure(self, name: str) -> float:
+        return stats.point(self.quantities, name)
 
-    @property
-    def config_key(self) -> str:
-        """Everything that defines the run but its training seed (the data's seed is part of it:
-        runs on other data are another configuration): runs with the same key are repeats."""
-        without_seed = dict(self.params)
-        selected = without_seed.get("model")
-        models = without_seed.pop("models", {}) or {}
-        without_seed["backbone_sizes"] = models.get(selected)
-        for section, keys in (("data", DataParams.RUNTIME), ("train", TrainParams.RUNTIME)):
-            without_seed[section] = {k: v for k, v in (without_seed.get(section) or {}).items()
-                                     if k not in keys and (section, k) != ("train", "seed")}
-        return json.dumps(without_seed, sort_keys=True, default=str)
+    def interval(self, name: str) -> tuple[float, float]:
+        return stats.interval(self.replicates[name])
 
-    @property
-    def label(self) -> str:
-        return f"{self.backbone} ({self.head})"
+    def mean(self, values) -> float:
+        values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        return float(np.mean(values)) if values else math.nan
 
+    def class_accuracy(self) -> dict[str, float]:
+        """Per class present in the scored split: the mean over seeds of the class's accuracy."""
+        out = {}
+        for c, name in enumerate(CLASS_NAMES):
+            if np.any(self.runs[0].predictions["label"] == c):
+                out[name] = self.mean([float(q["correct"][r.predictions["label"] == c].mean())
+                                       for r, q in zip(self.runs, self.quantities)])
+        return out
 
-def read_curves(root: Path, ref: str) -> dict:
-    curves = {}
-    for name in CURVES:
-        text = git(root, "show", f"{ref}:dvclive/plots/metrics/{name}.tsv")
-        if not text:
-            continue
-        rows = [line.split("\t") for line in text.strip().splitlines()[1:]]
-        try:
-            curves[name] = [(int(step), float(value)) for step, value in rows]
-        except ValueError:
-            continue
-    return curves
+    def keypoint_px(self) -> float:
+        """The validation keypoint error (px) at the last epoch, mean over seeds (keypoints head)."""
+        return self.mean([(r.curves.get(KEYPOINT_CURVE) or [[0, math.nan]])[-1][1] for r in self.runs])
 
 
-def load_runs(root: Path, names: list[str] | None) -> list[ReportedRun]:
+@dataclass
+class Section:
+    """Every configuration scored on one dataset."""
+
+    data_fingerprint: str
+    configurations: list[Configuration]
+    copy_last: dict[str, np.ndarray]  # stats.per_sample of copying the last visible position
+    copy_last_replicates: dict[str, np.ndarray]
+    baseline: dict | None
+    samples: int
+    split: str
+    data_seed: object
+    num_samples: object
+
+
+def gather(root: Path, names: list[str] | None, live: bool = True) -> tuple[list[Record], list[str]]:
+    """The records (and, with `live`, finished experiments not recorded yet) to report, and notes
+    on what was left out."""
+    notes = []
+    records = {r.name: r for r in load_records(root)}
     if names:
-        revisions = []
+        chosen = {}
         for name in names:
+            if name in records:
+                chosen[name] = records[name]
+                continue
             ref = resolve(root, name)
             if ref is None:
-                raise ReportError(f"revision {name!r} is neither a branch, tag, commit nor DVC experiment of {root}; "
-                                  "see `git branch -a` and `dvc exp list --all-commits` (`dvc exp pull` fetches one)")
-            revisions.append((name, ref))
-    else:
-        revisions = default_revisions(root)
-    runs, seen = [], set()
-    for name, ref in revisions:
-        commit = (git(root, "rev-parse", f"{ref}^{{commit}}") or "").strip()
-        text = git(root, "show", f"{ref}:metrics/metrics.json")
-        if not text or commit in seen:
-            if names and not text:
-                raise ReportError(f"revision {name!r} has no metrics/metrics.json: run `dvc repro` (or `dvc exp run`) there first")
-            continue
-        seen.add(commit)
-        try:
-            metrics = json.loads(text)
-            params = yaml.safe_load(git(root, "show", f"{ref}:params.yaml") or "") or {}
-        except (ValueError, yaml.YAMLError) as error:
-            raise ReportError(f"revision {name!r}: unreadable metrics or params ({error})") from None
-        if "test" not in metrics:
-            continue
-        runs.append(ReportedRun(name, commit, params, metrics, read_curves(root, ref)))
-    if not runs:
-        raise ReportError("no revision with metrics/metrics.json to report: train and evaluate first "
-                          "(`dvc repro`, or `dvc exp run`)")
-    return runs
+                raise ReportError(f"{name!r} is neither a run record in results/runs/ nor a branch, tag, commit or "
+                                  "DVC experiment; see `ls results/runs` and `dvc exp list --all-commits`")
+            record, why = record_of(root, name, ref)
+            if record is None:
+                raise ReportError(f"revision {name!r} cannot be reported: {why}")
+            chosen.setdefault(record.name, record)
+        return list(chosen.values()), notes
+    for name, ref in default_revisions(root) if live else []:
+        if not ref.startswith("refs/exps/"):
+            continue  # branches are reported by name, or recorded with `trajvid collect`
+        record, why = record_of(root, name, ref)
+        if record is None:
+            notes.append(f"experiment {name}: {why}")
+        elif record.name not in records:
+            records[record.name] = record
+    if not records:
+        raise ReportError("no run to report: no record in results/runs/ and no finished DVC experiment "
+                          "(train and evaluate first: `dvc exp run`; `trajvid collect` records a run)")
+    return [records[n] for n in sorted(records)], notes
 
 
-@dataclass
-class Ensemble:
-    """A `trajvid ensemble` result (metrics/ensemble.json) of the workspace or of a revision."""
-
-    source: str  # "workspace" or the revision it was committed in
-    metrics: dict
-
-    @property
-    def label(self) -> str:
-        info = self.metrics["ensemble"]
-        return f"ensemble of {' + '.join(m['name'] for m in info['members'])} ({info['weights']} weights)"
-
-    @property
-    def short_label(self) -> str:
-        """For a chart's axis: the members are in the tables."""
-        info = self.metrics["ensemble"]
-        return f"ensemble of {len(info['members'])} ({info['weights']})"
-
-
-def load_ensembles(root: Path, runs: list[ReportedRun]) -> list[Ensemble]:
-    """metrics/ensemble.json of the workspace and of every revision reported, each result once."""
-    found, seen = [], set()
-    workspace = root / "metrics" / "ensemble.json"
-    sources = [("workspace", workspace.read_text() if workspace.is_file() else None)]
-    experiments = experiment_commits(root)
-    for run in runs:
-        text = git(root, "show", f"{run.rev}:metrics/ensemble.json")
-        if text and run.rev in experiments and text == git(root, "show", f"{run.rev}^:metrics/ensemble.json"):
-            continue  # carried over from the experiment's base commit: not this run's ensemble
-        sources.append((run.name, text))
-    for source, text in sources:
-        if not text:
-            continue
-        try:
-            metrics = json.loads(text)
-        except ValueError:
-            continue
-        if not _complete_ensemble(metrics):
-            continue  # half-written or foreign: the report is about the runs
-        key = json.dumps([metrics["ensemble"]["members"], metrics["test"]], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            found.append(Ensemble(source, metrics))
-    return found
-
-
-def _complete_ensemble(metrics) -> bool:
-    """Whether an ensemble.json has every key the report reads."""
-    try:
-        info, test = metrics["ensemble"], metrics["test"]
-        return (isinstance(info["weights"], str) and bool(info["members"])
-                and all(isinstance(m["name"], str) and "seed" in m for m in info["members"])
-                and all(isinstance(info["beats_best_member"][k], bool) for k in ("accuracy", "position_rmse"))
-                and all(isinstance(test[k], (int, float)) for k in ("accuracy", "position_rmse")))
-    except (KeyError, TypeError, AttributeError):
-        return False
-
-
-def read_baseline(root: Path, runs: list[ReportedRun]) -> dict | None:
-    for ref in [*(r.rev for r in runs), "HEAD"]:
-        text = git(root, "show", f"{ref}:metrics/baseline.json")
-        if text:
-            try:
-                return json.loads(text)
-            except ValueError:
-                continue
-    return None
-
-
-# -- aggregation --------------------------------------------------------------------------------
-
-
-def mean_std(values: list[float]) -> tuple[float, float, int]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return math.nan, math.nan, 0
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
-
-
-def drop_repeats(runs: list[ReportedRun]) -> tuple[list[ReportedRun], list[str]]:
-    """One run per (configuration, seed): the same params and seed again (a branch made from an
-    experiment, a rerun) is one result, not two samples; the first found is kept."""
+def drop_repeats(runs: list[Record]) -> tuple[list[Record], list[str]]:
+    """One run per configuration and training seed: the first (by name) is kept, the others named."""
     kept, dropped, seen = [], [], {}
-    for run in runs:
-        key = (run.config_key, str(run.seed))
+    for r in runs:
+        key = (r.run["data_fingerprint"], r.run["code_fingerprint"], r.run["config_fingerprint"], str(r.run["train_seed"]))
         if key in seen:
-            dropped.append(f"{run.name} (same params and seed as {seen[key]})")
+            dropped.append(f"{r.name} (the same configuration and training seed as {seen[key]})")
             continue
-        seen[key] = run.name
-        kept.append(run)
+        seen[key] = r.name
+        kept.append(r)
     return kept, dropped
 
 
-def groups(runs: list[ReportedRun]) -> list[tuple[str, list[ReportedRun]]]:
-    by_key: dict[str, list[ReportedRun]] = {}
-    for run in runs:
-        by_key.setdefault(run.config_key, []).append(run)
-    labelled = []
-    for members in by_key.values():
-        label = members[0].label
-        others = [m for m in by_key.values() if m[0].label == label]
-        if len(others) > 1:  # the same backbone in several configurations: name them apart
-            label += f" [{members[0].name}]"
-        labelled.append((label, members))
-    return sorted(labelled, key=lambda item: item[0])
+def _base_label(r: Record) -> str:
+    return f"{r.run['backbone']} ({r.run['head']}, {r.run['mixed_precision']})"
 
 
-def worst_class(metrics: dict) -> tuple[str, float]:
-    per_class = metrics["test"].get("per_class_accuracy") or {}
-    if not per_class:
-        return "-", math.nan
-    name = min(per_class, key=per_class.get)
-    return name, per_class[name]
-
-
-# -- charts -------------------------------------------------------------------------------------
-
-
-def make_charts(runs: list[ReportedRun], baseline: dict | None, out: Path,
-                ensembles: list[Ensemble] = ()) -> dict[str, Path]:
-    """Every chart of CHARTS as out/<name>.png; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display, no browser
-    import matplotlib.pyplot as plt
-
-    grouped = groups(runs)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    draw = {"accuracy_rmse": lambda: chart_accuracy_rmse(plt, grouped, colors, baseline, ensembles),
-            "per_class_accuracy": lambda: chart_per_class_accuracy(plt, grouped, colors),
-            "learning_curves": lambda: chart_learning_curves(plt, grouped, colors),
-            "time_tradeoff": lambda: chart_time_tradeoff(plt, grouped, colors),
-            "size": lambda: chart_size(plt, grouped, colors)}
-    paths = {}
-    for name in CHARTS:
-        fig = draw[name]()
-        fig.tight_layout()
-        paths[name] = out / f"{name}.png"
-        atomic_write(paths[name], lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-        plt.close(fig)
-    return paths
-
-
-def chart_accuracy_rmse(plt, grouped, colors, baseline: dict | None, ensembles: list[Ensemble]):
-    """Accuracy and next-position RMSE per configuration (mean ± std over seeds), ensembles
-    hatched after the runs, with the classical baseline and copy-last lines."""
-    labels = [label for label, _ in grouped]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, field_name, title in ((left, "accuracy", "test accuracy"),
-                                  (right, "position_rmse", "next-position RMSE (world units)")):
-        values = [mean_std([r.metrics["test"][field_name] for r in members]) for _, members in grouped]
-        ax.bar(range(len(labels)), [v[0] for v in values], yerr=[v[1] for v in values],
-               color=[colors[i % len(colors)] for i in range(len(labels))], capsize=4)
-        ax.bar(range(len(labels), len(labels) + len(ensembles)), [e.metrics["test"][field_name] for e in ensembles],
-               color="0.75", hatch="//", edgecolor="k")
-        ax.set_xticks(range(len(labels) + len(ensembles)), labels + [e.short_label for e in ensembles], rotation=20,
-                      ha="right")
-        ax.set_title(title)
-    if baseline:
-        left.axhline(baseline["test"]["accuracy"], color="k", ls="--", label="classical baseline")
-        right.axhline(baseline["test"]["position_rmse"], color="k", ls="--", label="classical baseline")
-        right.axhline(baseline["copy_last"]["position_rmse"], color="r", ls=":", label="copy last position")
-        right.legend(fontsize=8)
-    right.set_yscale("log")
-    left.set_ylim(0, 1.02)
-    return fig
-
-
-def chart_per_class_accuracy(plt, grouped, colors):
-    class_names = list(grouped[0][1][0].metrics["test"].get("per_class_accuracy", {}))
-    fig, ax = plt.subplots(figsize=(11, 4))
-    width = 0.8 / max(1, len(grouped))
-    for i, (label, members) in enumerate(grouped):
-        means = [mean_std([m.metrics["test"]["per_class_accuracy"].get(c) for m in members])[0] for c in class_names]
-        ax.bar([j + i * width for j in range(len(class_names))], means, width, label=label, color=colors[i % len(colors)])
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(class_names))], class_names)
-    ax.set_ylim(0, 1.02)
-    ax.set_title("test accuracy per class")
-    ax.legend(fontsize=8)
-    return fig
-
-
-def chart_learning_curves(plt, grouped, colors):
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(11, 4))
-    for ax, curve in zip(axes, CURVES):
-        for i, (label, members) in enumerate(grouped):
-            for j, member in enumerate(members):
-                points = member.curves.get(curve)
-                if points:
-                    ax.plot(*zip(*points), color=colors[i % len(colors)], alpha=0.85, marker="o", ms=3,
-                            label=label if j == 0 else None)
-        ax.set_xlabel("epoch")
-        ax.set_title(curve)
-        if curve.endswith("rmse"):
-            ax.set_yscale("log")
-    if axes[0].get_legend_handles_labels()[0]:  # runs without DVCLive logs draw no curve
-        axes[0].legend(fontsize=8)
-    return fig
-
-
-def chart_time_tradeoff(plt, grouped, colors):
-    """Accuracy and RMSE against training time, one point per run."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (label, members) in enumerate(grouped):
-        minutes = [m.metrics.get("train", {}).get("time_s", math.nan) / 60 for m in members]
-        left.scatter(minutes, [m.metrics["test"]["accuracy"] for m in members], color=colors[i % len(colors)], label=label)
-        right.scatter(minutes, [m.metrics["test"]["position_rmse"] for m in members], color=colors[i % len(colors)])
-    for ax, title in ((left, "test accuracy"), (right, "next-position RMSE")):
-        ax.set_xlabel("training time (min)")
-        ax.set_title(title)
-    right.set_yscale("log")
-    left.legend(fontsize=8)
-    return fig
-
-
-def chart_size(plt, grouped, colors):
-    """Parameters and model file size per configuration."""
-    labels = [label for label, _ in grouped]
-    first = [members[0] for _, members in grouped]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.bar(range(len(labels)), [m.metrics["model"]["params"] / 1e6 for m in first], color=colors[: len(labels)])
-    right.bar(range(len(labels)), [m.metrics["model"]["size_bytes"] / 1e6 for m in first], color=colors[: len(labels)])
-    for ax, title in ((left, "parameters (millions)"), (right, "model file (MB)")):
-        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-        ax.set_title(title)
-    return fig
+def sections(runs: list[Record], replicates: int = stats.REPLICATES) -> list[Section]:
+    """The runs by dataset, then by configuration, with their bootstrap replicates."""
+    by_data: dict[str, list[Record]] = {}
+    for r in runs:
+        by_data.setdefault(str(r.run["data_fingerprint"]), []).append(r)
+    out = []
+    for fingerprint in sorted(by_data):
+        members = by_data[fingerprint]
+        ids = members[0].predictions["sample_id"]
+        for r in members:
+            if not np.array_equal(r.predictions["sample_id"], ids):
+                raise RecordError(f"run {r.name} scored other samples than {members[0].name} on the same data "
+                                  f"({fingerprint[:12]}): one of their predictions files is not what its record says")
+        by_config: dict[tuple, list[Record]] = {}
+        for r in members:
+            by_config.setdefault((r.run["code_fingerprint"], r.run["config_fingerprint"]), []).append(r)
+        configurations = []
+        for (code, config), group in by_config.items():
+            label = _base_label(group[0])
+            clashes = [k for k, g in by_config.items() if _base_label(g[0]) == label]
+            if len(clashes) > 1:  # the same backbone, head and precision with other code or params: name them apart
+                same_code = len({k[0] for k in clashes}) == 1
+                label += f" [config {config[:6]}]" if same_code else f" [code {code[:6]}]"
+            group = sorted(group, key=lambda r: (str(r.run["train_seed"]), r.name))
+            configurations.append(Configuration(label, group, [stats.per_sample(r.predictions, CLASS_NAMES) for r in group]))
+        configurations.sort(key=lambda c: c.label)
+        copy_last = stats.copy_last_per_sample(members[0].predictions)
+        drawn = stats.replicates([c.quantities for c in configurations] + [[copy_last]], replicates)
+        for c, figures in zip(configurations, drawn):
+            c.replicates = figures
+        baseline = next((r.baseline for r in members if r.baseline), None)
+        first = members[0].run
+        out.append(Section(fingerprint, configurations, copy_last, drawn[-1], baseline, len(ids), first["scored_split"],
+                           first["data_seed"], (first["params"].get("data") or {}).get("num_samples")))
+    return out
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -359,47 +201,90 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def _pm(mean: float, std: float, n: int, spec: str) -> str:
-    if n == 0:
-        return "-"
-    return f"{mean:{spec}} ± {std:{spec}} (n={n})" if n > 1 else f"{mean:{spec}}"
+def _with_interval(value: float, bounds: tuple[float, float], spec: str) -> str:
+    return f"{value:{spec}} [{bounds[0]:{spec}}, {bounds[1]:{spec}}]"
 
 
-def tables(runs: list[ReportedRun], baseline: dict | None, ensembles: list[Ensemble] = ()) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
-    run_header = ["run", "revision", "backbone", "head", "seed", "samples", "epochs", "device", "accuracy",
-                  "worst class", "next RMSE", "params", "model MB", "train min", "samples/s"]
-    run_rows = []
-    for r in sorted(runs, key=lambda r: (r.label, str(r.seed), r.name)):
-        test, train = r.metrics["test"], r.metrics.get("train", {})
-        worst, worst_acc = worst_class(r.metrics)
-        run_rows.append([
-            r.name, r.rev[:7], r.backbone, r.head, str(r.seed),
-            str((r.params.get("data") or {}).get("num_samples", "-")), str(train.get("epochs", "-")),
-            f"{train.get('device', '-')} ×{train.get('processes', 1)}", _fmt(test["accuracy"], ".4f"),
-            f"{worst} {_fmt(worst_acc, '.3f')}", _fmt(test["position_rmse"], ".4f"),
-            f"{r.metrics['model']['params']:,}", _fmt(r.metrics["model"]["size_bytes"] / 1e6, ".1f"),
-            _fmt(train.get("time_s", math.nan) / 60, ".1f"), _fmt(train.get("samples_per_s"), ".1f"),
+def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
+    header = ["configuration", "seeds", "accuracy [95 % CI]", "worst class", "next RMSE per coord. [95 % CI]",
+              "next mean distance [95 % CI]", "next Euclidean RMSE", "val keypoint px", "GFLOP/sample (train step)",
+              "train min", "params", "model MB"]
+    rows = []
+    for c in section.configurations:
+        worst = c.class_accuracy()
+        name = min(worst, key=worst.get)  # ties: the first in CLASS_NAMES order
+        rows.append([
+            c.label, f"{', '.join(str(s) for s in c.seeds)} (n={len(c.runs)})",
+            _with_interval(c.figure("accuracy"), c.interval("accuracy"), ".4f"), f"{name} {worst[name]:.3f}",
+            _with_interval(c.figure("next_rmse"), c.interval("next_rmse"), ".5f"),
+            _with_interval(c.figure("next_distance"), c.interval("next_distance"), ".5f"),
+            _fmt(c.figure("next_euclidean_rmse"), ".5f"), _fmt(c.keypoint_px(), ".3f"),
+            _fmt(c.first["gflop_per_sample"]["train_step"], ".2f"),
+            _fmt(c.mean([r.run["train_time_s"] for r in c.runs]) / 60, ".1f"),
+            f"{c.first['parameters']:,}", _fmt((c.first["model"]["size_bytes"] or math.nan) / 1e6, ".1f"),
         ])
-    group_header = ["configuration", "runs", "seeds", "accuracy", "worst class accuracy", "next RMSE"]
-    group_rows = []
-    for label, members in groups(runs):
-        group_rows.append([
-            label, str(len(members)), ", ".join(str(m.seed) for m in members),
-            _pm(*mean_std([m.metrics["test"]["accuracy"] for m in members]), ".4f"),
-            _pm(*mean_std([worst_class(m.metrics)[1] for m in members]), ".3f"),
-            _pm(*mean_std([m.metrics["test"]["position_rmse"] for m in members]), ".4f"),
-        ])
-    for e in ensembles:
-        members = e.metrics["ensemble"]["members"]
-        group_rows.append([e.label + ("" if e.source == "workspace" else f" [{e.source}]"), str(len(members)),
-                           ", ".join(str(m["seed"]) for m in members), _fmt(e.metrics["test"]["accuracy"], ".4f"),
-                           _fmt(worst_class(e.metrics)[1], ".3f"), _fmt(e.metrics["test"]["position_rmse"], ".4f")])
-    if baseline:
-        group_rows.append(["classical baseline (triangulate + fit)", "-", "-", _fmt(baseline["test"]["accuracy"], ".4f"),
-                           _fmt(worst_class(baseline)[1], ".3f"), _fmt(baseline["test"]["position_rmse"], ".4f")])
-        group_rows.append(["copy the last visible position", "-", "-", "-", "-",
-                           _fmt(baseline["copy_last"]["position_rmse"], ".4f")])
-    return run_header, run_rows, group_header, group_rows
+    last = section.copy_last
+    rmse = float(np.sqrt(last["squared"].mean() / 3))
+    rows.append(["copy the last visible position (same samples)", "-", "-", "-",
+                 _with_interval(rmse, stats.interval(section.copy_last_replicates["next_rmse"]), ".5f"),
+                 _with_interval(float(last["distance"].mean()), stats.interval(section.copy_last_replicates["next_distance"]), ".5f"),
+                 _fmt(float(np.sqrt(last["squared"].mean())), ".5f"), "-", "0", "-", "-", "-"])
+    if section.baseline:
+        test = section.baseline["test"]
+        per_class = test.get("per_class_accuracy") or {}
+        worst = min((n for n in CLASS_NAMES if n in per_class), key=per_class.get, default=None)
+        rows.append(["classical baseline (triangulate centroids + fit; no interval: no per-sample record)", "-",
+                     _fmt(test["accuracy"], ".4f"), f"{worst} {per_class[worst]:.3f}" if worst else "-",
+                     _fmt(test["position_rmse"], ".5f"), _fmt(test.get("position_mean_distance"), ".5f"),
+                     _fmt(test["position_rmse"] * math.sqrt(3), ".5f"), "-", "-", "-", "0", "-"])
+    return header, rows
+
+
+def differences(section: Section) -> list[dict]:
+    """Every pair of configurations: A - B for accuracy, next RMSE and next mean distance, with
+    the paired bootstrap interval and whether it excludes 0."""
+    out = []
+    configs = section.configurations
+    for i, a in enumerate(configs):
+        for b in configs[i + 1:]:
+            row = {"a": a.label, "b": b.label}
+            for name in ("accuracy", "next_rmse", "next_distance"):
+                diff = a.figure(name) - b.figure(name)
+                low, high = stats.interval(a.replicates[name] - b.replicates[name])
+                row[name] = (diff, low, high, low > 0 or high < 0)
+            out.append(row)
+    return out
+
+
+def difference_table(section: Section) -> tuple[list[str], list[list[str]]]:
+    header = ["A", "B", "accuracy A − B [95 % CI]", "next RMSE A − B [95 % CI]", "next mean distance A − B [95 % CI]"]
+    rows = []
+    for d in differences(section):
+        cells = []
+        for name, spec in (("accuracy", ".4f"), ("next_rmse", ".5f"), ("next_distance", ".5f")):
+            value, low, high, resolved = d[name]
+            cells.append(f"{value:+{spec}} [{low:+{spec}}, {high:+{spec}}]" + (" resolved" if resolved else " not resolved"))
+        rows.append([d["a"], d["b"], *cells])
+    return header, rows
+
+
+def run_table(section: Section) -> tuple[list[str], list[list[str]]]:
+    header = ["record", "from", "revision", "configuration", "train seed", "device × processes", "threads",
+              "accuracy", "next RMSE", "next mean distance", "train min", "samples/s"]
+    rows = []
+    for c in section.configurations:
+        for r, q in zip(c.runs, c.quantities):
+            run = r.run
+            revision = run["git_revision"] or {}
+            rows.append([
+                r.name, str(run["source"]), (revision.get("commit") or "-")[:7] + (" +changes" if revision.get("code_dirty") else ""),
+                c.label, str(run["train_seed"]), f"{run['device']} ×{run['processes']}",
+                ",".join(str(t) for t in run["threads"] or []) or "-",
+                _fmt(float(q["correct"].mean()), ".4f"), _fmt(float(np.sqrt(q["squared"].mean() / 3)), ".5f"),
+                _fmt(float(q["distance"].mean()), ".5f"), _fmt((run["train_time_s"] or math.nan) / 60, ".1f"),
+                _fmt(run["samples_per_s"], ".1f"),
+            ])
+    return header, rows
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -414,55 +299,255 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def reduced_note(runs: list[ReportedRun]) -> str:
-    """Which runs are not the full protocol: params.yaml's defaults (params.py) of samples and epochs."""
+def section_title(section: Section) -> str:
+    return (f"Data {section.data_fingerprint[:12]} (data seed {section.data_seed}, {section.num_samples} samples; "
+            f"{section.samples} {section.split} samples scored)")
+
+
+def reduced_note(runs: list[Record]) -> str:
+    """Which runs are not the full protocol (params.yaml's defaults of samples and epochs)."""
     samples, epochs = DataParams().num_samples, TrainParams().epochs
-    reduced = [r.name for r in runs if (r.params.get("data") or {}).get("num_samples") != samples
-               or (r.params.get("train") or {}).get("epochs") != epochs]
+    reduced = [r.name for r in runs if (r.run["params"].get("data") or {}).get("num_samples") != samples
+               or (r.run["params"].get("train") or {}).get("epochs") != epochs]
     if not reduced:
         return ""
     return (f"Reduced runs (not the full {samples:,} samples × {epochs} epochs; their figures are not the full "
             f"protocol's): {', '.join(reduced)}.")
 
 
-def report(root: Path | str = ".", revisions: list[str] | None = None, out: Path | str = "reports") -> dict:
+INTRO = ("Figures computed from each run's per-sample predictions on the scored split (run records, "
+         "`results/runs/`). A configuration's figure is the mean over its training seeds; the 95 % interval is a "
+         "two-level bootstrap over training seeds and test samples (with one seed: over test samples only). "
+         "Differences are paired: both configurations on the same resampled test samples; *resolved* when the "
+         "interval excludes 0. next RMSE per coord. = sqrt(mean over samples and x, y, z of the squared error); next "
+         "mean distance = mean Euclidean distance; next Euclidean RMSE = sqrt(mean squared distance); world units. "
+         "GFLOP per sample: forward + backward as torch's FlopCounterMode counts them (attention on the MATH backend).")
+
+
+# -- charts -------------------------------------------------------------------------------------
+
+
+def make_charts(section: Section, out: Path, prefix: str) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no browser
+    import matplotlib.pyplot as plt
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    draw = {"accuracy_rmse": chart_accuracy_rmse, "per_class_accuracy": chart_per_class_accuracy,
+            "learning_curves": chart_learning_curves, "error_gflop": chart_error_gflop,
+            "time_tradeoff": chart_time_tradeoff}
+    paths = {}
+    for name in CHARTS:
+        fig = draw[name](plt, section, colors)
+        fig.tight_layout()
+        paths[name] = out / f"{prefix}{name}.png"
+        atomic_write(paths[name], lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
+    return paths
+
+
+def _errorbars(c: Configuration, name: str) -> tuple[float, float]:
+    value, (low, high) = c.figure(name), c.interval(name)
+    return value - low, high - value
+
+
+def chart_accuracy_rmse(plt, section: Section, colors):
+    """Accuracy and next RMSE per configuration with their 95 % intervals; the baseline and copy-last."""
+    configs = section.configurations
+    labels = [c.label for c in configs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, name, title in ((left, "accuracy", "accuracy"), (right, "next_rmse", "next-position RMSE per coordinate")):
+        ax.bar(range(len(configs)), [c.figure(name) for c in configs],
+               yerr=np.array([_errorbars(c, name) for c in configs]).T.reshape(2, -1),
+               color=[colors[i % len(colors)] for i in range(len(configs))], capsize=4)
+        ax.set_xticks(range(len(configs)), labels, rotation=20, ha="right")
+        ax.set_title(f"{title} (95 % CI)")
+    right.axhline(float(np.sqrt(section.copy_last["squared"].mean() / 3)), color="r", ls=":", label="copy last position")
+    if section.baseline:
+        left.axhline(section.baseline["test"]["accuracy"], color="k", ls="--", label="classical baseline")
+        right.axhline(section.baseline["test"]["position_rmse"], color="k", ls="--", label="classical baseline")
+    right.legend(fontsize=8)
+    right.set_yscale("log")
+    left.set_ylim(0, 1.02)
+    return fig
+
+
+def chart_per_class_accuracy(plt, section: Section, colors):
+    fig, ax = plt.subplots(figsize=(11, 4))
+    configs = section.configurations
+    width = 0.8 / max(1, len(configs))
+    for i, c in enumerate(configs):
+        per_class = c.class_accuracy()
+        ax.bar([j + i * width for j in range(len(CLASS_NAMES))], [per_class.get(n, math.nan) for n in CLASS_NAMES], width,
+               label=c.label, color=colors[i % len(colors)])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(CLASS_NAMES))], CLASS_NAMES)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("accuracy per class (mean over seeds)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def chart_learning_curves(plt, section: Section, colors):
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(11, 4))
+    for ax, curve in zip(axes, CURVES):
+        for i, c in enumerate(section.configurations):
+            for j, r in enumerate(c.runs):
+                points = r.curves.get(curve)
+                if points:
+                    ax.plot(*zip(*points), color=colors[i % len(colors)], alpha=0.85, marker="o", ms=3,
+                            label=c.label if j == 0 else None)
+        ax.set_xlabel("epoch")
+        ax.set_title(curve)
+        if curve.endswith("rmse"):
+            ax.set_yscale("log")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    return fig
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both (lower cost and lower error), by cost."""
+    front = []
+    for i, (cost, error) in enumerate(points):
+        if not any((c <= cost and e <= error) and (c < cost or e < error) for c, e in points):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def chart_error_gflop(plt, section: Section, colors):
+    """Next RMSE against GFLOP per sample (train step), the Pareto front joined."""
+    configs = section.configurations
+    points = [(c.first["gflop_per_sample"]["train_step"], c.figure("next_rmse")) for c in configs]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (c, (x, y)) in enumerate(zip(configs, points)):
+        low, high = _errorbars(c, "next_rmse")
+        ax.errorbar([x], [y], yerr=[[low], [high]], fmt="o", color=colors[i % len(colors)], label=c.label, capsize=3)
+    front = pareto_front(points)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel("GFLOP per sample (train step)")
+    ax.set_ylabel("next RMSE per coordinate")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("error against compute")
+    return fig
+
+
+def chart_time_tradeoff(plt, section: Section, colors):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, c in enumerate(section.configurations):
+        minutes = [(r.run["train_time_s"] or math.nan) / 60 for r in c.runs]
+        left.scatter(minutes, [float(q["correct"].mean()) for q in c.quantities], color=colors[i % len(colors)],
+                     label=c.label)
+        right.scatter(minutes, [float(np.sqrt(q["squared"].mean() / 3)) for q in c.quantities], color=colors[i % len(colors)])
+    for ax, title in ((left, "accuracy"), (right, "next RMSE per coordinate")):
+        ax.set_xlabel("training time (min)")
+        ax.set_title(f"{title}, one point per run")
+    right.set_yscale("log")
+    left.legend(fontsize=8)
+    return fig
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def render(sections_: list[Section], notes: list[str], heading: int = 2) -> str:
+    """The tables of every section as markdown (what comparison.md and docs/results.md hold)."""
+    h = "#" * heading
+    parts = []
+    for s in sections_:
+        parts += [f"{h} {section_title(s)}", "", f"{h}# By configuration", "", markdown_table(*configuration_table(s)), ""]
+        if len(s.configurations) > 1:
+            parts += [f"{h}# Paired differences", "", markdown_table(*difference_table(s)), ""]
+        parts += [f"{h}# Every run", "", markdown_table(*run_table(s)), ""]
+    if notes:
+        parts += ["Notes: " + " ".join(notes), ""]
+    return "\n".join(parts)
+
+
+def short_table(sections_: list[Section]) -> str:
+    """The README's table: per configuration of the full default protocol's data, accuracy and next
+    RMSE with intervals (every section when none is the full protocol's)."""
+    rows = []
+    for s in sections_:
+        for c in s.configurations:
+            rows.append([c.label, str(len(c.runs)), _with_interval(c.figure("accuracy"), c.interval("accuracy"), ".4f"),
+                         _with_interval(c.figure("next_rmse"), c.interval("next_rmse"), ".5f"),
+                         _fmt(c.first["gflop_per_sample"]["train_step"], ".2f"), s.data_fingerprint[:12]])
+        rows.append(["copy the last visible position", "-", "-",
+                     _fmt(float(np.sqrt(s.copy_last["squared"].mean() / 3)), ".5f"), "0", s.data_fingerprint[:12]])
+        if s.baseline:
+            rows.append(["classical baseline", "-", _fmt(s.baseline["test"]["accuracy"], ".4f"),
+                         _fmt(s.baseline["test"]["position_rmse"], ".5f"), "-", s.data_fingerprint[:12]])
+    return markdown_table(["configuration", "seeds", "accuracy [95 % CI]", "next RMSE per coord. [95 % CI]",
+                           "GFLOP/sample", "data"], rows)
+
+
+BEGIN, END = "<!-- results: generated by `trajvid report --publish` from results/runs/; do not edit -->", "<!-- /results -->"
+
+
+def replace_generated(text: str, generated: str, where: str) -> str:
+    """`text` with the part between BEGIN and END replaced by `generated`."""
+    if BEGIN not in text or END not in text:
+        raise ReportError(f"{where} has no `{BEGIN}` ... `{END}` markers to write the results between")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{generated.strip()}\n{END}{tail}"
+
+
+def publish(root: Path, sections_: list[Section], notes: list[str]) -> list[Path]:
+    """Write the generated parts of docs/results.md and README.md from the records."""
+    written = []
+    for path, generated in ((root / "docs" / "results.md", render(sections_, notes, heading=3)),
+                            (root / "README.md", short_table(sections_))):
+        text = path.read_text()
+        new = replace_generated(text, generated, str(path.relative_to(root)))
+        if new != text:
+            write_text(path, new)
+        written.append(path)
+    return written
+
+
+def report(root: Path | str = ".", names: list[str] | None = None, out: Path | str = "reports",
+           publish_docs: bool = False, replicates: int = stats.REPLICATES) -> dict:
     root, out = Path(root).resolve(), Path(out)
     if not out.is_absolute():
         out = root / out
-    runs, repeats = drop_repeats(load_runs(root, revisions))
-    baseline = read_baseline(root, runs)
-    out.mkdir(parents=True, exist_ok=True)
-    ensembles = load_ensembles(root, runs)
-    charts = make_charts(runs, baseline, out, ensembles)
-    run_header, run_rows, group_header, group_rows = tables(runs, baseline, ensembles)
-    note = reduced_note(runs)
-    for e in ensembles:
-        beats = e.metrics["ensemble"]["beats_best_member"]
-        verdict = {True: "beats", False: "does not beat"}
-        note = (note + " " if note else "") + (
-            f"The {e.label} {verdict[beats['accuracy']]} its best member on accuracy and "
-            f"{verdict[beats['position_rmse']]} it on next RMSE.")
+    found, notes = gather(root, names, live=not publish_docs)  # published figures: from git alone
+    runs, repeats = drop_repeats(found)
     if repeats:
-        note = (note + " " if note else "") + f"Left out as repeats: {', '.join(repeats)}."
-    intro = ("Test split figures from `metrics/metrics.json` of each revision; accuracy over the four classes; next RMSE "
-             "is the per-coordinate RMSE of the predicted next-frame 3D position in world units. Runs that differ "
-             "only in their training seed (train.seed) are aggregated as mean ± standard deviation (n runs).")
-    md = ["# Backbone comparison", "", intro, ""] + ([note, ""] if note else []) + [
-        "## By configuration", "", markdown_table(group_header, group_rows), "",
-        "## Every run", "", markdown_table(run_header, run_rows), "",
-        "## Charts", ""] + [f"![{name}]({path.name})" for name, path in charts.items()]
+        notes.append(f"Left out as repeats: {', '.join(repeats)}.")
+    reduced = reduced_note(runs)
+    if reduced:
+        notes.insert(0, reduced)
+    parts = sections(runs, replicates)
+    out.mkdir(parents=True, exist_ok=True)
+    charts = {}
+    for i, s in enumerate(parts):
+        prefix = "" if len(parts) == 1 else f"data-{s.data_fingerprint[:8]}-"
+        charts.update({f"{prefix}{k}": v for k, v in make_charts(s, out, prefix).items()})
+    body = render(parts, notes)
+    md = ["# Backbone comparison", "", INTRO, "", body, "## Charts", ""] + [f"![{n}]({p.name})" for n, p in charts.items()]
     write_text(out / "comparison.md", "\n".join(md) + "\n")
+    blocks = []
+    for s in parts:
+        blocks.append(f"<h2>{html.escape(section_title(s))}</h2><h3>By configuration</h3>" + html_table(*configuration_table(s)))
+        if len(s.configurations) > 1:
+            blocks.append("<h3>Paired differences</h3>" + html_table(*difference_table(s)))
+        blocks.append("<h3>Every run</h3>" + html_table(*run_table(s)))
     images = "".join(
-        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
-        f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>" for name, path in charts.items())
+        f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        f"<figcaption>{n.replace('_', ' ')}</figcaption></figure>" for n, p in charts.items())
     page = (
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>trajvid: backbone comparison</title><style>"
-        "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+        "body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;font-size:13px}th{background:#eee}"
         "img{max-width:100%}</style></head><body>"
-        f"<h1>Backbone comparison</h1><p>{html.escape(intro)}</p>" + (f"<p><b>{html.escape(note)}</b></p>" if note else "")
-        + "<h2>By configuration</h2>" + html_table(group_header, group_rows)
-        + "<h2>Every run</h2>" + html_table(run_header, run_rows) + "<h2>Charts</h2>" + images + "</body></html>\n"
+        f"<h1>Backbone comparison</h1><p>{html.escape(INTRO)}</p>"
+        + "".join(f"<p><b>{html.escape(n)}</b></p>" for n in notes) + "".join(blocks)
+        + "<h2>Charts</h2>" + images + "</body></html>\n"
     )
     write_text(out / "comparison.html", page)
-    return {"runs": len(runs), "groups": len(groups(runs)), "out": str(out), "charts": [str(p) for p in charts.values()]}
+    published = [str(p) for p in publish(root, parts, notes)] if publish_docs else []
+    return {"runs": len(runs), "sections": len(parts), "configurations": sum(len(s.configurations) for s in parts),
+            "out": str(out), "charts": [str(p) for p in charts.values()], "published": published}

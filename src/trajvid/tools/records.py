@@ -1,0 +1,354 @@
+"""Run records: every finished run kept in git as `results/runs/<name>/`, so that the project's
+answer survives the machine it was computed on (`refs/exps` and the DVC cache do not).
+
+`trajvid collect [REV ...]` (default: every DVC experiment and the workspace) writes, for each
+finished run (its dvc.lock vouches for metrics/metrics.json and metrics/predictions.parquet and
+for the model they scored):
+
+  run.json             identity and provenance (`RUN_KEYS`): backbone, head, seeds, data and code
+                       fingerprints, git revision, device, processes, threads, precision, times,
+                       params, model size and md5, GFLOP per sample, and the SHA-256 of the files below
+  metrics.json         the run's metrics/metrics.json
+  curves.json          DVCLive's per-epoch series ({"val/accuracy": [[epoch, value], ...], ...})
+  predictions.parquet  the scored split, one row per sample (evaluate.PREDICTION_COLUMNS)
+  baseline.json        the classical baseline's metrics/baseline.json, when it scored the same data
+
+Models stay in DVC (cache or remote), named by their md5 in run.json; never in git. A record is
+named `<backbone>-<head>-<precision>-seed<train seed>-<model md5[:8]>`: the same run collected
+twice (from the workspace and from its experiment, or on two machines) is one record, and
+collecting again rewrites nothing. A record is written whole or not at all; `load_records`
+refuses one with a missing or damaged file in one line naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from trajvid.errors import TrajvidError
+from trajvid.runtime.files import atomic_directory
+from trajvid.tools.git import default_revisions, git, resolve
+
+RECORDS = Path("results") / "runs"
+FORMAT = 1
+FILES = ("metrics.json", "curves.json", "predictions.parquet")  # every record has these; baseline.json optional
+OPTIONAL = ("baseline.json",)
+RUN_KEYS = ("format", "name", "source", "backbone", "head", "train_seed", "data_seed", "data_fingerprint",
+            "code_fingerprint", "config_fingerprint", "git_revision", "device", "processes", "threads",
+            "mixed_precision", "train_time_s", "samples_per_s", "epochs", "params", "parameters",
+            "model", "gflop_per_sample", "scored_split", "files")
+
+
+class RecordError(TrajvidError):
+    """A run that cannot be recorded, or a record that cannot be read."""
+
+
+@dataclass
+class Record:
+    name: str
+    run: dict  # run.json
+    metrics: dict
+    curves: dict
+    predictions: dict[str, np.ndarray]  # evaluate.PREDICTION_COLUMNS, sorted by sample_id
+    baseline: dict | None = None
+
+
+# -- reading a run from a revision or the workspace ------------------------------------------------
+
+
+class _Source:
+    """The files of one revision (through git, nothing checked out) or of the workspace."""
+
+    def __init__(self, root: Path, ref: str | None):
+        self.root, self.ref = root, ref
+
+    def read(self, path: str) -> bytes | None:
+        if self.ref is None:
+            file = self.root / path
+            return file.read_bytes() if file.is_file() else None
+        result = subprocess.run(["git", "show", f"{self.ref}:{path}"], cwd=self.root, capture_output=True)
+        return result.stdout if result.returncode == 0 else None
+
+    def listing(self, folder: str) -> list[str]:
+        if self.ref is None:
+            base = self.root / folder
+            return sorted(str(p.relative_to(self.root)) for p in base.rglob("*.tsv")) if base.is_dir() else []
+        out = git(self.root, "ls-tree", "-r", "--name-only", self.ref, folder) or ""
+        return sorted(line for line in out.splitlines() if line.endswith(".tsv"))
+
+
+def _stage_files(stage: dict, key: str) -> dict[str, dict]:
+    return {entry["path"]: entry for entry in stage.get(key) or []}
+
+
+def code_fingerprint(lock: dict) -> str:
+    """The hashes of the train stage's code deps (every dep but the data) in a dvc.lock: runs with
+    the same fingerprint ran the same training code."""
+    deps = _stage_files(lock["stages"]["train"], "deps")
+    code = sorted((path, entry.get("md5")) for path, entry in deps.items() if not path.startswith("data/"))
+    return hashlib.sha256(json.dumps(code).encode()).hexdigest()[:16]
+
+
+def config_fingerprint(params: dict) -> str:
+    """What a run computes but its training seed: the data (seed and data params), the backbone and
+    its sizes, the head and the training params that are stage params (not the runtime ones).
+    Runs that share it and the code fingerprint are repeats over training seeds."""
+    from trajvid.params import DataParams, TrainParams
+
+    model = params.get("model")
+    data = {k: v for k, v in (params.get("data") or {}).items() if k not in DataParams.RUNTIME}
+    train = {k: v for k, v in (params.get("train") or {}).items() if k not in TrainParams.RUNTIME and k != "seed"}
+    blob = {"seed": params.get("seed"), "data": data, "model": model,
+            "sizes": (params.get("models") or {}).get(model), "head": params.get("head"), "train": train}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _unfinished(name: str, source: _Source) -> tuple[str | None, dict]:
+    """(why `source` holds no finished run, or None; the files read)."""
+    lock_text = source.read("dvc.lock")
+    if lock_text is None:
+        return "no dvc.lock (nothing was run)", {}
+    try:
+        lock = yaml.safe_load(lock_text) or {}
+        stages = lock["stages"]
+        train, evaluate = stages["train"], stages["evaluate"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return "its dvc.lock has no train and evaluate stages", {}
+    files = {path: source.read(path) for path in ("metrics/metrics.json", "metrics/predictions.parquet")}
+    if files["metrics/predictions.parquet"] is None:
+        return ("no metrics/predictions.parquet (evaluated before per-sample predictions were kept: "
+                "rerun `dvc repro evaluate` there)"), {}
+    outs = _stage_files(evaluate, "outs")
+    for path, data in files.items():
+        if data is None or path not in outs or outs[path].get("md5") != _md5(data):
+            return f"its {path} is not the one its dvc.lock records (run `dvc repro` there first)", {}
+    model = _stage_files(train, "outs").get("models/model.safetensors")
+    scored = _stage_files(evaluate, "deps").get("models/model.safetensors")
+    if not model or not scored or model.get("md5") != scored.get("md5"):
+        return "its evaluation did not score the model its training wrote (run `dvc repro` there first)", {}
+    return None, {"lock": lock, "model": model, **files}
+
+
+def _curves(source: _Source) -> dict:
+    curves = {}
+    prefix = "dvclive/plots/metrics/"
+    for path in source.listing(prefix.rstrip("/")):
+        rows = [line.split("\t") for line in (source.read(path) or b"").decode().strip().splitlines()[1:]]
+        try:
+            curves[path[len(prefix):-len(".tsv")]] = [[int(step), float(value)] for step, value in rows]
+        except ValueError:
+            continue  # not a (step, value) series
+    return curves
+
+
+def _predictions(data: bytes) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    from trajvid.evaluate import PREDICTION_COLUMNS
+
+    table = pq.read_table(io.BytesIO(data))
+    missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"columns {missing} missing")
+    columns = {c: table.column(c).to_numpy() for c in PREDICTION_COLUMNS}
+    order = np.argsort(columns["sample_id"], kind="stable")
+    return {c: v[order] for c, v in columns.items()}
+
+
+_GFLOP_CACHE: dict[str, dict] = {}
+
+
+def _gflop(params: dict) -> dict:
+    from trajvid.tools.flops import architecture_gflop
+
+    model = params["model"]
+    data = params.get("data") or {}
+    key = json.dumps([model, params["models"][model], params["head"], data.get("num_frames"), data.get("image_size")],
+                     sort_keys=True)
+    if key not in _GFLOP_CACHE:
+        _GFLOP_CACHE[key] = architecture_gflop(model, params["models"][model], params["head"],
+                                               frames=data.get("num_frames", 32), image_size=data.get("image_size", 64))
+    return _GFLOP_CACHE[key]
+
+
+def record_of(root: Path, name: str, ref: str | None) -> tuple[Record | None, str | None]:
+    """The record of the run at `ref` (None: the workspace), or (None, why it is not a finished run)."""
+    source = _Source(root, ref)
+    why, found = _unfinished(name, source)
+    if why:
+        return None, why
+    try:
+        params = yaml.safe_load(source.read("params.yaml") or b"") or {}
+        metrics = json.loads(found["metrics/metrics.json"])
+        predictions = _predictions(found["metrics/predictions.parquet"])
+    except (ValueError, yaml.YAMLError, OSError) as error:
+        return None, f"unreadable params, metrics or predictions ({error})"
+    baseline = None
+    baseline_text = source.read("metrics/baseline.json")
+    if baseline_text:
+        try:
+            baseline = json.loads(baseline_text)
+        except ValueError:
+            baseline = None
+    data_fingerprint = (metrics.get("data") or {}).get("fingerprint")
+    if baseline and (baseline.get("data") or {}).get("fingerprint") != data_fingerprint:
+        baseline = None  # scored other data (or does not say): never beside this run
+    train, model = metrics.get("train") or {}, metrics.get("model") or {}
+    precision = train.get("mixed_precision") or (params.get("train") or {}).get("mixed_precision", "fp32")
+    if ref is None:
+        head = (git(root, "rev-parse", "HEAD") or "").strip()
+        # whether the code or the pipeline differ from that commit (dvc.lock and the outputs always do)
+        dirty = bool((git(root, "status", "--porcelain", "--", "src", "dvc.yaml") or "").strip())
+        revision = {"commit": head or None, "code_dirty": dirty, "experiment": None}
+    else:
+        commit = (git(root, "rev-parse", f"{ref}^{{commit}}") or "").strip()
+        is_experiment = ref.startswith("refs/exps/")
+        revision = {"commit": commit, "code_dirty": False, "experiment": name if is_experiment else None,
+                    "baseline_commit": (git(root, "rev-parse", f"{ref}^") or "").strip() if is_experiment else None}
+    md5 = found["model"]["md5"]
+    record_name = f"{model.get('name', params.get('model'))}-{model.get('head', '?')}-{precision}-seed{train.get('seed')}-{md5[:8]}"
+    run = {
+        "format": FORMAT,
+        "name": record_name,
+        "source": name,
+        "backbone": model.get("name", params.get("model")),
+        "head": model.get("head"),
+        "train_seed": train.get("seed"),
+        "data_seed": train.get("data_seed", params.get("seed")),
+        "data_fingerprint": data_fingerprint,
+        "code_fingerprint": code_fingerprint(found["lock"]),
+        "config_fingerprint": config_fingerprint(params),
+        "git_revision": revision,
+        "device": train.get("device"),
+        "processes": train.get("processes"),
+        "threads": train.get("threads"),
+        "mixed_precision": precision,
+        "train_time_s": train.get("time_s"),
+        "samples_per_s": train.get("samples_per_s"),
+        "epochs": train.get("epochs"),
+        "params": params,
+        "parameters": model.get("params"),
+        "model": {"path": "models/model.safetensors", "md5": md5, "size_bytes": found["model"].get("size")},
+        "gflop_per_sample": _gflop(params),
+        "scored_split": (metrics.get("data") or {}).get("split", "test"),
+        "files": {},
+    }
+    return Record(record_name, run, metrics, _curves(source), predictions, baseline), None
+
+
+# -- writing and reading records -----------------------------------------------------------------
+
+
+def _record_files(record: Record, predictions_bytes: bytes) -> dict[str, bytes]:
+    files = {
+        "metrics.json": (json.dumps(record.metrics, indent=2) + "\n").encode(),  # as the run wrote it
+        "curves.json": (json.dumps(record.curves, indent=1, sort_keys=True) + "\n").encode(),
+        "predictions.parquet": predictions_bytes,
+    }
+    if record.baseline is not None:
+        files["baseline.json"] = (json.dumps(record.baseline, indent=2) + "\n").encode()
+    record.run["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    files["run.json"] = (json.dumps(record.run, indent=2, sort_keys=True) + "\n").encode()
+    return files
+
+
+def write_record(record: Record, predictions_bytes: bytes, out: Path) -> str:
+    """Write `record` as out/<name>/ (whole or not at all); "written", or "unchanged" when the same
+    record is there already."""
+    files = _record_files(record, predictions_bytes)
+    target = out / record.name
+    if target.is_dir() and all((target / n).is_file() and (target / n).read_bytes() == d for n, d in files.items()):
+        return "unchanged"
+    with atomic_directory(target) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+    return "written"
+
+
+def collect(root: Path | str = ".", revisions: list[str] | None = None, out: Path | str | None = None) -> list[tuple[str, str, str]]:
+    """Record every finished run among `revisions` (default: every DVC experiment, and the
+    workspace); returns (source, record name or "-", "written" / "unchanged" / why skipped)."""
+    root = Path(root).resolve()
+    out = root / RECORDS if out is None else Path(out)
+    if revisions:
+        sources = []
+        for name in revisions:
+            if name == "workspace":
+                sources.append((name, None))
+                continue
+            ref = resolve(root, name)
+            if ref is None:
+                raise RecordError(f"revision {name!r} is neither a branch, tag, commit nor DVC experiment of {root}; "
+                                  "see `dvc exp list --all-commits` (`dvc exp pull origin` fetches experiments)")
+            sources.append((name, ref))
+    else:
+        # experiments first: a workspace holding an experiment's run is recorded under the experiment's name
+        sources = [(n, r) for n, r in default_revisions(root) if r.startswith("refs/exps/")] + [("workspace", None)]
+    done, seen = [], set()
+    for name, ref in sources:
+        record, why = record_of(root, name, ref)
+        if record is None:
+            if revisions:
+                raise RecordError(f"revision {name!r} holds no finished run: {why}")
+            done.append((name, "-", f"skipped: {why}"))
+            continue
+        if record.name in seen:
+            done.append((name, record.name, "unchanged (the same run as another revision)"))
+            continue
+        seen.add(record.name)
+        data = _Source(root, ref).read("metrics/predictions.parquet")
+        done.append((name, record.name, write_record(record, data, out)))
+    return done
+
+
+def load_record(folder: Path) -> Record:
+    """The record in `folder`; RecordError naming it and its first missing or damaged file."""
+    where = f"run record {folder}"
+    try:
+        run = json.loads((folder / "run.json").read_text())
+    except FileNotFoundError:
+        raise RecordError(f"{where}: run.json is missing (a half-written record? collect it again with "
+                          "`trajvid collect`, or delete the folder)") from None
+    except (ValueError, OSError) as error:
+        raise RecordError(f"{where}: run.json is damaged ({error}); restore it with `git checkout -- {folder}`") from None
+    missing = [k for k in RUN_KEYS if k not in run] if isinstance(run, dict) else list(RUN_KEYS)
+    if missing:
+        raise RecordError(f"{where}: run.json lacks {', '.join(missing)}; restore it with `git checkout -- {folder}`")
+    if run["format"] != FORMAT:
+        raise RecordError(f"{where}: record format {run['format']!r}, this trajvid reads format {FORMAT}")
+    contents = {}
+    for name in (*FILES, *(n for n in OPTIONAL if n in run["files"])):
+        path = folder / name
+        if not path.is_file():
+            raise RecordError(f"{where}: {name} is missing; restore it with `git checkout -- {folder}`")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != run["files"].get(name):
+            raise RecordError(f"{where}: {name} is damaged (its SHA-256 is not the one run.json records); "
+                              f"restore it with `git checkout -- {folder}`")
+        contents[name] = data
+    try:
+        predictions = _predictions(contents["predictions.parquet"])
+    except Exception as error:  # a parquet reader's many errors: a damaged file whose checksum was forged
+        raise RecordError(f"{where}: predictions.parquet is unreadable ({error})") from None
+    baseline = json.loads(contents["baseline.json"]) if "baseline.json" in contents else None
+    return Record(run["name"], run, json.loads(contents["metrics.json"]), json.loads(contents["curves.json"]),
+                  predictions, baseline)
+
+
+def load_records(root: Path | str = ".", records: Path | str | None = None) -> list[Record]:
+    """Every record under results/runs/ (sorted by name); [] when there is none."""
+    folder = Path(root) / RECORDS if records is None else Path(records)
+    if not folder.is_dir():
+        return []
+    return [load_record(p) for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]

@@ -1,0 +1,91 @@
+"""Figures of run records with intervals over training seeds and test samples, and paired
+differences between configurations on the same test samples (plain numpy).
+
+A configuration's figure is the mean over its training seeds of each seed's figure on the scored
+split. Its 95 % interval is a two-level percentile bootstrap: each of `REPLICATES` replicates
+draws the test samples with replacement (N of N) and, independently, the configuration's seeds
+with replacement (S of S), and computes the figure on that draw. The sample draws are shared by
+every configuration of one dataset, so that a difference A - B is computed on the same resampled
+samples for both (paired), with A's and B's seeds drawn apart. A difference is *resolved* when its
+interval excludes 0. With one seed the seed level has nothing to draw: the interval then covers
+the test samples only, and the report says n = 1.
+
+The draws, in this order from `numpy.random.default_rng(SEED)`: the sample indices (R, N); then,
+for each configuration in the order given, its seed indices (R, S).
+
+Figures (`FIGURES`), each from the per-sample predictions:
+  accuracy             share of samples whose most probable class is the label
+  next_rmse            per-coordinate RMSE of the next position: sqrt(mean over samples and x, y, z)
+  next_distance        mean Euclidean distance of the next position
+  next_euclidean_rmse  RMSE of the Euclidean distance: sqrt(mean over samples of |error|^2) = sqrt(3) * next_rmse
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+REPLICATES = 2000
+SEED = 0
+FIGURES = ("accuracy", "next_rmse", "next_distance", "next_euclidean_rmse")
+
+
+def per_sample(predictions: dict[str, np.ndarray], class_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The per-sample quantities the figures are means of (float64): correct, |error|^2, |error|."""
+    probabilities = np.stack([predictions[f"prob_{c}"] for c in class_names], axis=1)
+    error = np.stack([predictions[f"next_{c}"].astype(np.float64) - predictions[f"target_{c}"] for c in "xyz"], axis=1)
+    squared = (error**2).sum(1)
+    return {"correct": (probabilities.argmax(1) == predictions["label"]).astype(np.float64),
+            "squared": squared, "distance": np.sqrt(squared)}
+
+
+def copy_last_per_sample(predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same quantities for copying the last visible position (no class: correct is NaN)."""
+    error = np.stack([predictions[f"last_{c}"].astype(np.float64) - predictions[f"target_{c}"] for c in "xyz"], axis=1)
+    squared = (error**2).sum(1)
+    return {"correct": np.full(len(squared), np.nan), "squared": squared, "distance": np.sqrt(squared)}
+
+
+def figure_of_means(name: str, means: dict[str, np.ndarray]) -> np.ndarray:
+    """A figure from per-sample means (any shape: the means over samples of each quantity)."""
+    if name == "accuracy":
+        return means["correct"]
+    if name == "next_rmse":
+        return np.sqrt(means["squared"] / 3)
+    if name == "next_distance":
+        return means["distance"]
+    if name == "next_euclidean_rmse":
+        return np.sqrt(means["squared"])
+    raise KeyError(name)
+
+
+def point(seeds: list[dict[str, np.ndarray]], name: str) -> float:
+    """The figure: the mean over seeds of each seed's figure on every sample."""
+    return float(np.mean([figure_of_means(name, {k: v.mean() for k, v in s.items()}) for s in seeds]))
+
+
+def replicates(groups: list[list[dict[str, np.ndarray]]], replicates: int = REPLICATES,
+               seed: int = SEED) -> list[dict[str, np.ndarray]]:
+    """For each group (a configuration: its seeds' per-sample quantities on the same N samples),
+    every figure's bootstrap replicates {name: (R,)}, drawn as the module says."""
+    n = len(groups[0][0]["squared"])
+    if any(len(s["squared"]) != n for g in groups for s in g):
+        raise ValueError("every run must score the same samples")
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, n, size=(replicates, n))
+    out = []
+    for group in groups:
+        chosen = rng.integers(0, len(group), size=(replicates, len(group)))
+        # per seed and replicate: the means over the drawn samples, (S, R)
+        means = {k: np.stack([s[k][samples].mean(1) for s in group]) for k in group[0]}
+        figures = {}
+        for name in FIGURES:
+            per_seed = figure_of_means(name, means)  # (S, R)
+            figures[name] = per_seed[chosen, np.arange(replicates)[:, None]].mean(1)
+        out.append(figures)
+    return out
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    """The 95 % percentile interval of bootstrap replicates."""
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)

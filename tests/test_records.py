@@ -1,0 +1,185 @@
+"""Run records and the report's statistics, on records written by hand (the records of real DVC
+experiments, shared through a git and an S3 remote, are in test_pipeline.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import default_params, run
+
+from trajvid.data.scene import CLASS_NAMES
+from trajvid.evaluate import PREDICTION_COLUMNS
+from trajvid.tools import stats
+from trajvid.tools.records import RUN_KEYS, Record, RecordError, load_records, write_record
+from trajvid.tools.report import differences, report, sections
+
+N = 60  # test samples
+
+
+def predictions(rng, skill: float) -> dict[str, np.ndarray]:
+    """N samples in a shuffled order; the model's error shrinks with `skill`."""
+    ids = rng.permutation(N) * 5 + 3  # every class (ids % 4), in shuffled order
+    labels = ids % 4
+    logits = rng.normal(size=(N, 4)) + skill * np.eye(4)[labels]
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    target = rng.uniform(-1, 1, (N, 3))
+    table = {"sample_id": ids.astype(np.int64), "label": labels.astype(np.int8)}
+    table.update({f"prob_{c}": probabilities[:, i].astype(np.float32) for i, c in enumerate(CLASS_NAMES)})
+    for prefix, values in (("next", target + rng.normal(0, 0.05 / skill, (N, 3))), ("target", target),
+                           ("last", target + rng.normal(0, 0.07, (N, 3)))):
+        table.update({f"{prefix}_{c}": values[:, i].astype(np.float32) for i, c in enumerate("xyz")})
+    return table
+
+
+def parquet(table: dict) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({c: table[c] for c in PREDICTION_COLUMNS}), buffer)
+    return buffer.getvalue()
+
+
+def make_record(backbone: str, seed: int, skill: float, data: str = "d" * 64, code: str = "c" * 16) -> tuple[Record, bytes]:
+    params = default_params()
+    params["model"], params["train"]["seed"] = backbone, seed
+    table = predictions(np.random.default_rng([seed, len(backbone), int(skill * 10)]), skill)
+    name = f"{backbone}-keypoints-fp32-seed{seed}-{data[:4]}{seed:04d}"
+    run_json = {key: None for key in RUN_KEYS}
+    run_json.update({
+        "format": 1, "name": name, "source": f"exp-{backbone}-{seed}", "backbone": backbone, "head": "keypoints",
+        "train_seed": seed, "data_seed": 42, "data_fingerprint": data, "code_fingerprint": code,
+        "config_fingerprint": f"{backbone:x<16}"[:16], "git_revision": {"commit": "0" * 40, "code_dirty": False},
+        "device": "cpu", "processes": 1, "threads": [2], "mixed_precision": "fp32", "train_time_s": 60.0 * (seed + 1),
+        "samples_per_s": 40.0, "epochs": 10, "params": params, "parameters": 1000, "scored_split": "test",
+        "model": {"path": "models/model.safetensors", "md5": "f" * 32, "size_bytes": 4000},
+        "gflop_per_sample": {"forward": 0.5 * len(backbone), "train_step": 1.5 * len(backbone)}, "files": {},
+    })
+    metrics = {"model": {"name": backbone}, "test": {}, "data": {"fingerprint": data, "split": "test"}}
+    order = np.argsort(table["sample_id"])
+    return Record(name, run_json, metrics, {"val/accuracy": [[1, 0.5], [2, 0.9]]},
+                  {c: v[order] for c, v in table.items()}), parquet(table)
+
+
+GRID = {("i3d", 0): 3.0, ("i3d", 1): 2.5, ("i3d", 2): 3.5, ("magvit", 0): 1.5, ("magvit", 1): 1.8}
+
+
+@pytest.fixture
+def records(tmp_path):
+    out = tmp_path / "results" / "runs"
+    for (backbone, seed), skill in GRID.items():
+        record, data = make_record(backbone, seed, skill)
+        assert write_record(record, data, out) == "written"
+        assert write_record(record, data, out) == "unchanged"  # collecting again rewrites nothing
+    return tmp_path
+
+
+def direct_figures(tables: list[dict]) -> dict[str, float]:
+    """The figures of one configuration, computed here: the mean over seeds of each seed's figure."""
+    per_seed = []
+    for t in tables:
+        probabilities = np.stack([t[f"prob_{c}"] for c in CLASS_NAMES], 1)
+        error = np.stack([t[f"next_{c}"].astype(np.float64) - t[f"target_{c}"] for c in "xyz"], 1)
+        per_seed.append({"accuracy": np.mean(probabilities.argmax(1) == t["label"]),
+                         "next_rmse": np.sqrt(np.mean(error**2)),
+                         "next_distance": np.mean(np.linalg.norm(error, axis=1)),
+                         "next_euclidean_rmse": np.sqrt(np.mean((error**2).sum(1)))})
+    return {k: float(np.mean([s[k] for s in per_seed])) for k in per_seed[0]}
+
+
+def looped_bootstrap(groups: list[list[dict]], replicates: int, seed: int = stats.SEED) -> list[dict[str, np.ndarray]]:
+    """stats.replicates' documented draws, one replicate at a time (no shared code with stats)."""
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, N, size=(replicates, N))
+    out = []
+    for tables in groups:
+        chosen = rng.integers(0, len(tables), size=(replicates, len(tables)))
+        figures = {k: np.empty(replicates) for k in stats.FIGURES}
+        for b in range(replicates):
+            drawn = [{c: v[samples[b]] for c, v in tables[k].items()} for k in chosen[b]]
+            for k, v in direct_figures(drawn).items():
+                figures[k][b] = v
+        out.append(figures)
+    return out
+
+
+def test_intervals_and_paired_differences_are_the_documented_bootstrap(records):
+    """Figures, 95 % intervals and paired differences of two configurations (3 and 2 training
+    seeds) equal a direct numpy computation on the stored predictions."""
+    loaded = load_records(records)
+    assert [r.name for r in loaded] == sorted(r.name for r in loaded) and len(loaded) == 5
+    [section] = sections(loaded, replicates=200)
+    i3d, magvit = section.configurations
+    assert (i3d.label, magvit.label) == ("i3d (keypoints, fp32)", "magvit (keypoints, fp32)")
+    tables = {c.label: [r.predictions for r in c.runs] for c in section.configurations}
+    expected = looped_bootstrap([tables[i3d.label], tables[magvit.label]], 200)
+    for config, drawn in zip((i3d, magvit), expected):
+        for name, value in direct_figures(tables[config.label]).items():
+            assert config.figure(name) == pytest.approx(value, rel=1e-12), name
+            np.testing.assert_allclose(config.replicates[name], drawn[name], rtol=1e-12)
+            low, high = np.percentile(drawn[name], [2.5, 97.5])
+            assert config.interval(name) == pytest.approx((low, high), rel=1e-12)
+    [pair] = differences(section)
+    for name in ("accuracy", "next_rmse", "next_distance"):
+        value, low, high, resolved = pair[name]
+        diff = expected[0][name] - expected[1][name]
+        assert value == pytest.approx(i3d.figure(name) - magvit.figure(name), rel=1e-12)
+        assert (low, high) == pytest.approx(tuple(np.percentile(diff, [2.5, 97.5])), rel=1e-12)
+        assert resolved == (low > 0 or high < 0)
+    # magvit's error is about twice i3d's here: the next-RMSE difference is resolved, in its favour
+    assert pair["next_rmse"][3] and pair["next_rmse"][2] < 0
+    # the seed level is drawn: an interval over seeds and samples is wider than over samples alone
+    one = sections([r for r in loaded if r.run["backbone"] == "i3d" and r.run["train_seed"] == 0], replicates=200)
+    width = np.subtract(*reversed(i3d.interval("next_rmse")))
+    assert width > np.subtract(*reversed(one[0].configurations[0].interval("next_rmse")))
+
+
+def test_the_report_reads_records_alone_and_never_mixes_datasets(records):
+    """No git, no DVC, no model: the report's cells are the records' figures; a run on other data
+    gets its own section, with its own copy-last line."""
+    other, data = make_record("i3d", 0, 3.0, data="e" * 64)
+    write_record(other, data, records / "results" / "runs")
+    report(records, out=records / "reports", replicates=200)
+    md = (records / "reports" / "comparison.md").read_text()
+    assert md.count("## Data dddddddddddd") == 1 and md.count("## Data eeeeeeeeeeee") == 1
+    first, second = md.split("## Data eeeeeeeeeeee")
+    [section] = sections([r for r in load_records(records) if r.run["data_fingerprint"] == "d" * 64], replicates=2000)
+    for c in section.configurations:
+        row = next(line for line in first.splitlines() if line.startswith(f"| {c.label} |"))
+        assert f"{c.figure('next_rmse'):.5f} [" in row and f"{c.figure('accuracy'):.4f} [" in row, row
+    copy_last = [line for line in md.splitlines() if line.startswith("| copy the last visible position")]
+    assert len(copy_last) == 2  # one per dataset, on its own samples
+    assert "magvit" not in second.split("## Charts")[0]  # the other data's section holds its one run only
+    assert len(list((records / "reports").glob("data-*-error_gflop.png"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["missing predictions", "edited metrics", "no run.json", "bad json"])
+def test_a_missing_or_damaged_record_is_one_line_naming_it(records, damage):
+    folder = records / "results" / "runs" / "magvit-keypoints-fp32-seed1-dddd0001"
+    if damage == "missing predictions":
+        (folder / "predictions.parquet").unlink()
+    elif damage == "edited metrics":
+        (folder / "metrics.json").write_text((folder / "metrics.json").read_text().replace("magvit", "i3d"))
+    elif damage == "no run.json":
+        (folder / "run.json").unlink()
+    else:
+        (folder / "run.json").write_text("{")
+    with pytest.raises(RecordError) as error:
+        load_records(records)
+    message = str(error.value)
+    assert "\n" not in message and str(folder) in message, message
+    if damage != "bad json":
+        return
+    result = run(["trajvid", "report", "--repo", str(records), "--out", str(records / "reports")], records, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and str(folder) in result.stderr, result.stderr
+    assert not (records / "reports").exists()  # nothing half-written
+
+
+def test_the_pareto_front_is_who_no_one_beats_on_compute_and_error():
+    from trajvid.tools.report import pareto_front
+
+    points = [(1.9, 0.007), (2.9, 0.009), (4.3, 0.003), (2.3, 0.016), (1.0, 0.05)]
+    assert pareto_front(points) == [4, 0, 2]
+    assert json.dumps(pareto_front([(1, 1), (1, 1)])) == "[0, 1]"  # ties beat no one
