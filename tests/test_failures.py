@@ -166,6 +166,51 @@ def test_a_damaged_or_foreign_model_file_is_one_line(trained, tiny_dataset, tmp_
     assert not (tmp_path / "metrics").exists()
 
 
+def other_data(tmp_path, **data) -> Path:
+    """A small dataset generated with other data params (issue 19's contracts)."""
+    out = tmp_path / "other" / "trajectories"
+    generate(7, DataParams(**{"num_samples": 40, "shard_size": 64, "workers": 1, **data}), out, progress=False)
+    return out
+
+
+def recameraed(models: Path) -> None:
+    config = json.loads((models / "config.json").read_text())
+    config["input"]["cameras"]["t"][1][2] += 0.01  # one camera moved by 1 % of a unit
+    (models / "config.json").write_text(json.dumps(config))
+
+
+def reclassed(models: Path) -> None:
+    config = json.loads((models / "config.json").read_text())
+    config["input"]["class_names"] = ["circular", "linear", "helical", "parabolic"]
+    (models / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("mismatch, needles", [
+    ({"image_size": 96}, ["was built for 32 frames of 64x64 px from 4 cameras", "holds 32 frames of 96x96 px from 4 cameras"]),
+    ({"num_frames": 24}, ["was built for 32 frames of 64x64 px", "holds 24 frames of 64x64 px"]),
+    (recameraed, ["triangulates with other cameras than those that filmed", "camera matrix t differs by up to 0.01"]),
+    (reclassed, ["was trained on the classes ['circular', 'linear'", "has ['linear', 'circular'"]),
+])
+def test_a_model_given_data_it_was_not_built_for_is_one_line(trained, tiny_dataset, tmp_path, mismatch, needles):
+    """Issue 19: evaluate (and explain) compare the model's video size, classes and cameras with
+    the data's, before writing anything; the size mismatches once exited 0 with an RMSE of 1.087
+    or died in a traceback."""
+    shutil.copytree(trained / "models", tmp_path / "models")
+    shutil.copy(trained / "params.yaml", tmp_path / "params.yaml")
+    if callable(mismatch):
+        mismatch(tmp_path / "models")
+        data = tiny_dataset
+    else:
+        data = other_data(tmp_path, **mismatch)
+    result = run(["trajvid", "evaluate", "--data", str(data)], tmp_path, check=False)
+    one_error_line(result, 2, *needles, "score the model in models on data generated with its own data params")
+    assert not (tmp_path / "metrics").exists()
+    if isinstance(mismatch, dict) and "num_frames" in mismatch:
+        explained = run(["trajvid", "explain", "--data", str(data), "--out", "explained"], tmp_path, check=False)
+        one_error_line(explained, 2, *needles)
+        assert not (tmp_path / "explained").exists()
+
+
 def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tiny_dataset, tmp_path):
     """Epochs 1 and 2 checkpointed, the run dies, epoch 2's weights are damaged: the rerun warns,
     resumes from epoch 1 and ends exactly where an uninterrupted run ends."""

@@ -287,6 +287,8 @@ def share_and_report_elsewhere(repo, tmp_path, live_report: str, experiments: se
     assert (clone / "reports" / "comparison.md").read_text() == live_report
     assert "access_key" not in (clone / ".dvc" / "config").read_text()
 
+    combined = run(["trajvid", "ensemble", records[0], records[1]], clone)  # from the records' predictions
+    assert "ensemble of 2 records" in combined.stdout, combined.stdout
     use_s3_remote(clone, endpoint)  # each member's credentials: .dvc/config.local
     run(["dvc", "exp", "pull", "origin", "--all-commits"], clone)
     listed = run(["dvc", "exp", "list", "--all-commits", "--name-only"], clone).stdout.split()

@@ -183,3 +183,30 @@ def test_the_pareto_front_is_who_no_one_beats_on_compute_and_error():
     points = [(1.9, 0.007), (2.9, 0.009), (4.3, 0.003), (2.3, 0.016), (1.0, 0.05)]
     assert pareto_front(points) == [4, 0, 2]
     assert json.dumps(pareto_front([(1, 1), (1, 1)])) == "[0, 1]"  # ties beat no one
+
+
+def test_an_ensemble_of_records_is_the_mean_of_their_stored_predictions(records):
+    """No model: the members' stored probabilities and positions, averaged (equal weights, and
+    1 / val RMSE^2), scored against the stored targets; other data is refused in one line."""
+    from trajvid.tools.ensemble import EnsembleError, ensemble_of_records
+
+    loaded = {r.name: r for r in load_records(records)}
+    names = ["i3d-keypoints-fp32-seed0-dddd0000", "magvit-keypoints-fp32-seed1-dddd0001"]
+    for r, rmse in zip(names, (0.02, 0.04)):  # validation curves, for the weighting: 1/0.02^2 : 1/0.04^2 = 0.8 : 0.2
+        loaded[r].curves["val/position_rmse"] = [[1, 0.1], [2, rmse]]
+        write_record(loaded[r], (records / "results" / "runs" / r / "predictions.parquet").read_bytes(),
+                     records / "results" / "runs")
+    for weighting, weights in (("equal", [0.5, 0.5]), ("validation", [0.8, 0.2])):
+        result = ensemble_of_records(records, names, records / "ensemble.json", weighting)
+        tables = [loaded[n].predictions for n in names]
+        probabilities = sum(w * np.stack([t[f"prob_{c}"] for c in CLASS_NAMES], 1).astype(np.float64) for w, t in zip(weights, tables))
+        position = sum(w * np.stack([t[f"next_{c}"] for c in "xyz"], 1).astype(np.float64) for w, t in zip(weights, tables))
+        target = np.stack([tables[0][f"target_{c}"] for c in "xyz"], 1).astype(np.float64)
+        assert result["test"]["accuracy"] == pytest.approx(np.mean(probabilities.argmax(1) == tables[0]["label"]), abs=1e-12)
+        assert result["test"]["position_rmse"] == pytest.approx(np.sqrt(np.mean((position - target) ** 2)), rel=1e-6)  # SplitMetrics: float32 differences
+        assert [m["weight"] for m in result["ensemble"]["members"]] == pytest.approx(weights)
+    other, data = make_record("i3d", 5, 3.0, data="e" * 64)
+    write_record(other, data, records / "results" / "runs")
+    with pytest.raises(EnsembleError, match="scored other data"):
+        ensemble_of_records(records, [names[0], other.name], records / "ensemble2.json")
+    assert not (records / "ensemble2.json").exists()

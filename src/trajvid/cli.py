@@ -250,13 +250,26 @@ def report(
 @app.command()
 @stage
 def ensemble(
-    revisions: list[str] = typer.Argument(..., help="Two or more branches, tags, commits or experiment names."),
+    revisions: list[str] = typer.Argument(..., help="Two or more branches, tags, commits, experiment names, or run records (results/runs/)."),
     weights: str = typer.Option("equal", help="equal, or validation: proportional to 1 / validation RMSE^2."),
     data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory (its test split is evaluated)."),
     out: Path = typer.Option(Path("metrics/ensemble.json"), help="Metrics file to write."),
     repo: Path = typer.Option(Path("."), "--repo", help="The repository."),
 ) -> None:
-    """Average the models of several revisions and evaluate them as one: metrics/ensemble.json."""
+    """Average the models of several revisions and evaluate them as one: metrics/ensemble.json.
+    Names that are all run records (results/runs/) are combined from their stored predictions:
+    no model, data or DVC cache needed."""
+    from trajvid.tools.records import RECORDS
+
+    if all((repo / RECORDS / name / "run.json").is_file() for name in revisions):
+        from trajvid.tools.ensemble import ensemble_of_records
+
+        result = ensemble_of_records(repo, revisions, out, weights)
+        test, best = result["test"], result["ensemble"]["best_member"]
+        typer.echo(f"ensemble of {len(revisions)} records ({weights} weights): test accuracy {test['accuracy']:.4f}, "
+                   f"next-position RMSE {test['position_rmse']:.4f} (best member: {best['accuracy']:.4f}, "
+                   f"{best['position_rmse']:.4f}); wrote {out}")
+        return
     _claim_gpu()
     from trajvid.runtime.devices import set_threads
 

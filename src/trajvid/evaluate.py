@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from trajvid.data.scene import CLASS_NAMES
-from trajvid.data.shards import dataset_fingerprint, open_split
+from trajvid.contracts import check_meets
+from trajvid.data.shards import dataset_fingerprint, open_split, read_metadata
 from trajvid.head.multitask import count_parameters
 from trajvid.inference import outputs
 from trajvid.metrics import SplitMetrics
@@ -66,6 +67,7 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
     set_threads(threads)
     scored = open_split(data_dir, split)  # checks the shards before any other work
     model, config = load_trained(model_dir)
+    check_meets(config, read_metadata(data_dir), f"the model in {model_dir}", str(data_dir))  # before any output
     metrics, confusion, table = predict(model, scored, num_workers=num_workers)
     figures = metrics.result()
     del figures["losses"]  # none are computed here: only the task figures

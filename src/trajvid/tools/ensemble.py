@@ -157,3 +157,76 @@ def ensemble_record(members: list[TrainedAt], rows: list[dict], test: dict, weig
                                   "position_rmse": test["position_rmse"] < best_rmse},
         },
     }
+
+
+def ensemble_of_records(root: Path | str, names: list[str], out: Path | str = "metrics/ensemble.json",
+                        weighting: str = "equal") -> dict:
+    """The ensemble of run records (results/runs/<name>/), from their per-sample predictions: no
+    model, no data, no DVC cache. The same result as from the models (the members' probabilities
+    and positions as evaluate stored them, float32), on the samples they scored."""
+    import numpy as np
+
+    from trajvid.data.scene import CLASS_NAMES
+    from trajvid.tools.records import load_records
+
+    root = Path(root).resolve()
+    if len(names) < 2:
+        raise EnsembleError(f"an ensemble needs at least two members, got {len(names)}")
+    if weighting not in WEIGHTINGS:
+        raise EnsembleError(f"--weights {weighting!r} is not one of: {', '.join(WEIGHTINGS)}")
+    if len(set(names)) < len(names):
+        raise EnsembleError(f"a record is named twice in {', '.join(names)}: each member must be another model")
+    records = {r.name: r for r in load_records(root)}
+    members = [records[n] for n in names]
+    first = members[0]
+    for m in members[1:]:
+        if m.run["data_fingerprint"] != first.run["data_fingerprint"] or m.run["scored_split"] != first.run["scored_split"]:
+            raise EnsembleError(f"records {first.name!r} and {m.name!r} scored other data (data {first.run['data_fingerprint'][:12]} "
+                                f"{first.run['scored_split']} vs {m.run['data_fingerprint'][:12]} {m.run['scored_split']}): "
+                                "an ensemble's members must score the same samples")
+    if weighting == "equal":
+        raw = [1.0] * len(members)
+    else:
+        rmse = [(m.curves.get("val/position_rmse") or [[0, math.nan]])[-1][1] for m in members]
+        missing = [m.name for m, r in zip(members, rmse) if not r or not math.isfinite(r)]
+        if missing:
+            raise EnsembleError(f"--weights validation needs each record's val/position_rmse curve; {', '.join(missing)} "
+                                "has none (use --weights equal)")
+        raw = [1.0 / r**2 for r in rmse]
+    weights = [w / sum(raw) for w in raw]
+
+    def tensors(m):
+        p = m.predictions
+        return (torch.from_numpy(np.stack([p[f"prob_{c}"] for c in CLASS_NAMES], 1)),
+                torch.from_numpy(np.stack([p[f"next_{c}"] for c in "xyz"], 1)))
+
+    outputs_ = [tensors(m) for m in members]
+    labels = torch.from_numpy(first.predictions["label"].astype(np.int64))
+    targets = torch.from_numpy(np.stack([first.predictions[f"target_{c}"] for c in "xyz"], 1)).double()
+    test = figures(*combine([p for p, _ in outputs_], [x for _, x in outputs_], weights), labels, targets)
+    rows = []
+    for m, w, (p, x) in zip(members, weights, outputs_):
+        own = figures(p.double(), x.double(), labels, targets)
+        rows.append({"name": m.name, "rev": (m.run["git_revision"] or {}).get("commit"), "backbone": m.run["backbone"],
+                     "head": m.run["head"], "seed": m.run["train_seed"], "weight": w,
+                     "val_position_rmse": (m.curves.get("val/position_rmse") or [[0, None]])[-1][1],
+                     "test_accuracy": own["accuracy"], "test_position_rmse": own["position_rmse"]})
+    best_accuracy = max(r["test_accuracy"] for r in rows)
+    best_rmse = min(r["test_position_rmse"] for r in rows)
+    result = {
+        "model": {"name": "ensemble", "head": "+".join(sorted({r["head"] for r in rows})),
+                  "params": sum(m.run["parameters"] or 0 for m in members),
+                  "size_bytes": sum(m.run["model"]["size_bytes"] or 0 for m in members)},
+        "test": test,
+        "train": {"seed": [r["seed"] for r in rows], "time_s": sum(m.run["train_time_s"] or 0 for m in members),
+                  "epochs": [m.run["epochs"] for m in members], "device": sorted({str(m.run["device"]) for m in members}),
+                  "processes": [m.run["processes"] for m in members]},
+        "ensemble": {"weights": weighting, "data_fingerprint": first.run["data_fingerprint"], "from": "records",
+                     "members": rows, "best_member": {"accuracy": best_accuracy, "position_rmse": best_rmse},
+                     "beats_best_member": {"accuracy": test["accuracy"] > best_accuracy,
+                                           "position_rmse": test["position_rmse"] < best_rmse}},
+    }
+    out = Path(out) if Path(out).is_absolute() else root / out
+    with writing("the ensemble's metrics", out):
+        write_json(out, result)
+    return result

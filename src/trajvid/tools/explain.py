@@ -257,16 +257,14 @@ def explain(model, config: dict, data_dir: Path | str, split: str, indices: list
 def open_for_explaining(config: dict, data_dir: Path | str, split: str, indices: list[int]):
     """The split and the dataset's metadata, once the split, the video shape and every index are
     known to fit (an ExplainError naming the value otherwise)."""
+    from trajvid.contracts import check_meets
     from trajvid.data.shards import SPLITS, open_split, read_metadata
 
     if split not in SPLITS:
         raise ExplainError(f"--split {split!r} is not allowed: use one of {', '.join(SPLITS)}")
     dataset = open_split(data_dir, split)
     meta = read_metadata(data_dir)
-    trained_on = config.get("input", {}).get("video_shape_stored")
-    if trained_on is not None and list(trained_on) != list(meta["video_shape"]):
-        raise ExplainError(f"the model was trained on videos of shape {trained_on} (camera, frame, height, width, "
-                           f"channel), {data_dir} holds {meta['video_shape']}: explain it on data like its own (--data)")
+    check_meets(config, meta, "the model", str(data_dir))  # its size, classes and cameras
     for index in indices:
         if not 0 <= index < len(dataset):
             raise ExplainError(f"--sample {index} is not allowed: the {split} split has {len(dataset)} samples "

@@ -157,7 +157,7 @@ def _predictions(data: bytes) -> dict[str, np.ndarray]:
 
     from trajvid.evaluate import PREDICTION_COLUMNS
 
-    table = pq.read_table(io.BytesIO(data))
+    table = pq.read_table(io.BytesIO(data), use_threads=False)  # (a reader thread alive at exit aborts the process)
     missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"columns {missing} missing")

@@ -495,15 +495,29 @@ def replace_generated(text: str, generated: str, where: str) -> str:
     return f"{head}{BEGIN}\n{generated.strip()}\n{END}{tail}"
 
 
-def publish(root: Path, sections_: list[Section], notes: list[str]) -> list[Path]:
+def published_texts(root: Path, replicates: int = stats.REPLICATES) -> dict[Path, str]:
+    """docs/results.md and README.md as `--publish` writes them: their generated parts from the
+    records in git alone (no live experiment, no model, no DVC cache)."""
+    records = load_records(root)
+    runs, repeats = drop_repeats(records)
+    notes = [reduced_note(runs)] if reduced_note(runs) else []
+    if repeats:
+        notes.append(f"Left out as repeats: {', '.join(repeats)}.")
+    parts = sections(runs, replicates) if runs else []
+    empty = "No run is recorded in results/runs/ yet."
+    texts = {}
+    for path, generated in ((root / "docs" / "results.md", render(parts, notes, heading=3) if parts else empty),
+                            (root / "README.md", short_table(parts) if parts else empty)):
+        texts[path] = replace_generated(path.read_text(), generated, str(path.relative_to(root)))
+    return texts
+
+
+def publish(root: Path, replicates: int = stats.REPLICATES) -> list[Path]:
     """Write the generated parts of docs/results.md and README.md from the records."""
     written = []
-    for path, generated in ((root / "docs" / "results.md", render(sections_, notes, heading=3)),
-                            (root / "README.md", short_table(sections_))):
-        text = path.read_text()
-        new = replace_generated(text, generated, str(path.relative_to(root)))
-        if new != text:
-            write_text(path, new)
+    for path, text in published_texts(root, replicates).items():
+        if path.read_text() != text:
+            write_text(path, text)
         written.append(path)
     return written
 
@@ -513,7 +527,9 @@ def report(root: Path | str = ".", names: list[str] | None = None, out: Path | s
     root, out = Path(root).resolve(), Path(out)
     if not out.is_absolute():
         out = root / out
-    found, notes = gather(root, names, live=not publish_docs)  # published figures: from git alone
+    if publish_docs:
+        publish(root, replicates)  # from the records alone, before anything else is written
+    found, notes = gather(root, names)
     runs, repeats = drop_repeats(found)
     if repeats:
         notes.append(f"Left out as repeats: {', '.join(repeats)}.")
@@ -548,6 +564,6 @@ def report(root: Path | str = ".", names: list[str] | None = None, out: Path | s
         + "<h2>Charts</h2>" + images + "</body></html>\n"
     )
     write_text(out / "comparison.html", page)
-    published = [str(p) for p in publish(root, parts, notes)] if publish_docs else []
+    published = [str(root / "docs" / "results.md"), str(root / "README.md")] if publish_docs else []
     return {"runs": len(runs), "sections": len(parts), "configurations": sum(len(s.configurations) for s in parts),
             "out": str(out), "charts": [str(p) for p in charts.values()], "published": published}
