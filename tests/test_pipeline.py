@@ -267,6 +267,18 @@ def share_and_report_elsewhere(repo, tmp_path, live_report: str, experiments: se
     assert run(["trajvid", "collect"], repo).stdout.count(" unchanged") == len(experiments) + 1  # safe to rerun
     records = sorted(p.name for p in (repo / "results" / "runs").iterdir())
     assert len(records) == len(experiments)
+    # a workspace whose files are not what its dvc.lock ran is no run: one line, nothing written
+    params_text, metrics_text = (repo / "params.yaml").read_text(), (repo / "metrics" / "metrics.json").read_text()
+    for edit, needle in ((lambda: (repo / "params.yaml").write_text(params_text.replace("hidden: 256", "hidden: 128")),
+                          "params.yaml's head is not the value its dvc.lock's train stage ran with"),
+                         (lambda: (repo / "metrics" / "metrics.json").write_text(metrics_text.replace('"test"', '"test" ', 1)),
+                          "its metrics/metrics.json is not the one its dvc.lock records")):
+        edit()
+        refused = run(["trajvid", "collect", "workspace"], repo, check=False)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and needle in refused.stderr, refused.stderr
+        (repo / "params.yaml").write_text(params_text)
+        (repo / "metrics" / "metrics.json").write_text(metrics_text)
+    assert sorted(p.name for p in (repo / "results" / "runs").iterdir()) == records
     run(["trajvid", "report"], repo)
     assert (repo / "reports" / "comparison.md").read_text() == live_report  # records say what the runs said
     run(["git", "add", "results"], repo)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from trajvid.data.scene import CLASS_NAMES
-from trajvid.contracts import check_meets
+from trajvid.contracts import camera_difference, check_meets, use_data_cameras
 from trajvid.data.shards import dataset_fingerprint, open_split, read_metadata
 from trajvid.head.multitask import count_parameters
 from trajvid.inference import outputs
@@ -67,7 +67,9 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
     set_threads(threads)
     scored = open_split(data_dir, split)  # checks the shards before any other work
     model, config = load_trained(model_dir)
-    check_meets(config, read_metadata(data_dir), f"the model in {model_dir}", str(data_dir))  # before any output
+    meta = read_metadata(data_dir)
+    check_meets(config, meta, f"the model in {model_dir}", str(data_dir))  # size and classes, before any output
+    use_data_cameras(model, meta["cameras"])  # triangulate with the cameras that filmed this data
     metrics, confusion, table = predict(model, scored, num_workers=num_workers)
     figures = metrics.result()
     del figures["losses"]  # none are computed here: only the task figures
@@ -80,7 +82,8 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
             "size_bytes": (Path(model_dir) / WEIGHTS).stat().st_size,
         },
         split: figures,
-        "data": {"fingerprint": dataset_fingerprint(data_dir), "split": split},  # which samples were scored
+        "data": {"fingerprint": dataset_fingerprint(data_dir), "split": split,  # which samples were scored
+                 "cameras_moved_by": camera_difference(config, meta)},  # 0: the training's rig
         "train": {
             "seed": config["seed"],  # the training's
             "data_seed": config.get("data_seed"),
@@ -89,7 +92,8 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
             "epochs": training["epochs"],
             "device": training["device"],
             "processes": training["processes"],
-            "threads": training.get("threads"),  # per epoch: the summation order depends on it
+            # per epoch, comma-separated (DVC's metrics show drops lists): the summation order depends on it
+            "threads": ",".join(str(t) for t in training.get("threads") or []) or None,
             "mixed_precision": training.get("mixed_precision"),
             "best_epoch": training.get("best_epoch"),
         },

@@ -16,8 +16,10 @@ for the model they scored):
 Models stay in DVC (cache or remote), named by their md5 in run.json; never in git. A record is
 named `<backbone>-<head>-<precision>-seed<train seed>-<model md5[:8]>`: the same run collected
 twice (from the workspace and from its experiment, or on two machines) is one record, and
-collecting again rewrites nothing. A record is written whole or not at all; `load_records`
-refuses one with a missing or damaged file in one line naming it.
+collecting again rewrites nothing (a record of the same name with other figures is an error, never
+replaced). A record is written whole or not at all; `load_records` refuses one with a missing or
+damaged file in one line naming it. A workspace is a finished run only if its dvc.lock vouches
+for the metrics, the predictions, the model they scored and the params in params.yaml.
 """
 
 from __future__ import annotations
@@ -89,11 +91,37 @@ def _stage_files(stage: dict, key: str) -> dict[str, dict]:
 
 
 def code_fingerprint(lock: dict) -> str:
-    """The hashes of the train stage's code deps (every dep but the data) in a dvc.lock: runs with
-    the same fingerprint ran the same training code."""
-    deps = _stage_files(lock["stages"]["train"], "deps")
-    code = sorted((path, entry.get("md5")) for path, entry in deps.items() if not path.startswith("data/"))
-    return hashlib.sha256(json.dumps(code).encode()).hexdigest()[:16]
+    """The hashes of the code the run's train and evaluate stages ran (every dep in its dvc.lock
+    but the data and the model): runs with the same fingerprint trained and were scored by the
+    same code."""
+    code = set()
+    for stage in ("train", "evaluate"):
+        for path, entry in _stage_files(lock["stages"][stage], "deps").items():
+            if not path.startswith(("data/", "models/")):
+                code.add((stage, path, entry.get("md5")))
+    return hashlib.sha256(json.dumps(sorted(code)).encode()).hexdigest()[:16]
+
+
+_MISSING = object()
+
+
+def _dotted(params: dict, key: str):
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def params_mismatch(lock: dict, params: dict) -> str | None:
+    """The first stage param whose value in params.yaml is not the one its dvc.lock ran with."""
+    for stage in ("generate", "train"):
+        used = ((lock["stages"].get(stage) or {}).get("params") or {}).get("params.yaml") or {}
+        for key, value in used.items():
+            if _dotted(params, key) != value:
+                return f"params.yaml's {key} is not the value its dvc.lock's {stage} stage ran with"
+    return None
 
 
 def config_fingerprint(params: dict) -> str:
@@ -114,7 +142,7 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def _unfinished(name: str, source: _Source) -> tuple[str | None, dict]:
+def _unfinished(source: _Source) -> tuple[str | None, dict]:
     """(why `source` holds no finished run, or None; the files read)."""
     lock_text = source.read("dvc.lock")
     if lock_text is None:
@@ -137,7 +165,14 @@ def _unfinished(name: str, source: _Source) -> tuple[str | None, dict]:
     scored = _stage_files(evaluate, "deps").get("models/model.safetensors")
     if not model or not scored or model.get("md5") != scored.get("md5"):
         return "its evaluation did not score the model its training wrote (run `dvc repro` there first)", {}
-    return None, {"lock": lock, "model": model, **files}
+    try:
+        params = yaml.safe_load(source.read("params.yaml") or b"") or {}
+    except yaml.YAMLError as error:
+        return f"its params.yaml is not YAML ({str(error).splitlines()[0]})", {}
+    changed = params_mismatch(lock, params)
+    if changed:
+        return f"{changed} (run `dvc repro` there first, or collect the experiment instead)", {}
+    return None, {"lock": lock, "model": model, "params": params, **files}
 
 
 def _curves(source: _Source) -> dict:
@@ -182,18 +217,25 @@ def _gflop(params: dict) -> dict:
     return _GFLOP_CACHE[key]
 
 
+def _threads(value) -> list[int] | None:
+    """metrics.json's threads per epoch ("2" or "2,1"; a list in older files) as a list."""
+    if value is None or value == "":
+        return None
+    return [int(t) for t in (value.split(",") if isinstance(value, str) else value)]
+
+
 def record_of(root: Path, name: str, ref: str | None) -> tuple[Record | None, str | None]:
     """The record of the run at `ref` (None: the workspace), or (None, why it is not a finished run)."""
     source = _Source(root, ref)
-    why, found = _unfinished(name, source)
+    why, found = _unfinished(source)
     if why:
         return None, why
+    params = found["params"]
     try:
-        params = yaml.safe_load(source.read("params.yaml") or b"") or {}
         metrics = json.loads(found["metrics/metrics.json"])
         predictions = _predictions(found["metrics/predictions.parquet"])
-    except (ValueError, yaml.YAMLError, OSError) as error:
-        return None, f"unreadable params, metrics or predictions ({error})"
+    except (ValueError, OSError) as error:
+        return None, f"unreadable metrics or predictions ({error})"
     baseline = None
     baseline_text = source.read("metrics/baseline.json")
     if baseline_text:
@@ -202,6 +244,9 @@ def record_of(root: Path, name: str, ref: str | None) -> tuple[Record | None, st
         except ValueError:
             baseline = None
     data_fingerprint = (metrics.get("data") or {}).get("fingerprint")
+    if not isinstance(data_fingerprint, str):
+        return None, ("its metrics/metrics.json does not name the data it scored (evaluated before data fingerprints "
+                      "were written: rerun `dvc repro evaluate` there)")
     if baseline and (baseline.get("data") or {}).get("fingerprint") != data_fingerprint:
         baseline = None  # scored other data (or does not say): never beside this run
     train, model = metrics.get("train") or {}, metrics.get("model") or {}
@@ -217,6 +262,10 @@ def record_of(root: Path, name: str, ref: str | None) -> tuple[Record | None, st
         revision = {"commit": commit, "code_dirty": False, "experiment": name if is_experiment else None,
                     "baseline_commit": (git(root, "rev-parse", f"{ref}^") or "").strip() if is_experiment else None}
     md5 = found["model"]["md5"]
+    try:
+        gflop = _gflop(params)
+    except (KeyError, TypeError, ValueError) as error:
+        return None, f"its params.yaml does not describe a model this code can build ({error!r})"
     record_name = f"{model.get('name', params.get('model'))}-{model.get('head', '?')}-{precision}-seed{train.get('seed')}-{md5[:8]}"
     run = {
         "format": FORMAT,
@@ -232,7 +281,7 @@ def record_of(root: Path, name: str, ref: str | None) -> tuple[Record | None, st
         "git_revision": revision,
         "device": train.get("device"),
         "processes": train.get("processes"),
-        "threads": train.get("threads"),
+        "threads": _threads(train.get("threads")),
         "mixed_precision": precision,
         "train_time_s": train.get("time_s"),
         "samples_per_s": train.get("samples_per_s"),
@@ -240,7 +289,7 @@ def record_of(root: Path, name: str, ref: str | None) -> tuple[Record | None, st
         "params": params,
         "parameters": model.get("params"),
         "model": {"path": "models/model.safetensors", "md5": md5, "size_bytes": found["model"].get("size")},
-        "gflop_per_sample": _gflop(params),
+        "gflop_per_sample": gflop,
         "scored_split": (metrics.get("data") or {}).get("split", "test"),
         "files": {},
     }
@@ -264,11 +313,20 @@ def _record_files(record: Record, predictions_bytes: bytes) -> dict[str, bytes]:
 
 
 def write_record(record: Record, predictions_bytes: bytes, out: Path) -> str:
-    """Write `record` as out/<name>/ (whole or not at all); "written", or "unchanged" when the same
-    record is there already."""
+    """Write `record` as out/<name>/ (whole or not at all): "written"; "unchanged" when that record
+    is there with the same figures (its provenance, where it was first collected from, is kept).
+    A record of that name with other figures (the same model scored again by other code) is an
+    error naming the file that differs: delete the folder to record the run anew."""
     files = _record_files(record, predictions_bytes)
     target = out / record.name
-    if target.is_dir() and all((target / n).is_file() and (target / n).read_bytes() == d for n, d in files.items()):
+    if (target / "run.json").is_file():
+        for name, data in files.items():
+            if name == "run.json":
+                continue
+            path = target / name
+            if not path.is_file() or path.read_bytes() != data:
+                raise RecordError(f"run record {target} exists with another {name} than {record.run['source']}'s "
+                                  "(the same model scored by other code?); delete the folder to record it anew")
         return "unchanged"
     with atomic_directory(target) as tmp:
         for name, data in files.items():
@@ -295,12 +353,15 @@ def collect(root: Path | str = ".", revisions: list[str] | None = None, out: Pat
     else:
         # experiments first: a workspace holding an experiment's run is recorded under the experiment's name
         sources = [(n, r) for n, r in default_revisions(root) if r.startswith("refs/exps/")] + [("workspace", None)]
-    done, seen = [], set()
+    found = []
     for name, ref in sources:
         record, why = record_of(root, name, ref)
+        if record is None and revisions:
+            raise RecordError(f"revision {name!r} holds no finished run: {why}")  # before anything is written
+        found.append((name, ref, record, why))
+    done, seen = [], set()
+    for name, ref, record, why in found:
         if record is None:
-            if revisions:
-                raise RecordError(f"revision {name!r} holds no finished run: {why}")
             done.append((name, "-", f"skipped: {why}"))
             continue
         if record.name in seen:
@@ -327,6 +388,11 @@ def load_record(folder: Path) -> Record:
         raise RecordError(f"{where}: run.json lacks {', '.join(missing)}; restore it with `git checkout -- {folder}`")
     if run["format"] != FORMAT:
         raise RecordError(f"{where}: record format {run['format']!r}, this trajvid reads format {FORMAT}")
+    if run["name"] != folder.name:
+        raise RecordError(f"{where}: its run.json names the record {run['name']!r}: a record's folder is its name")
+    if not isinstance(run["files"], dict) or not isinstance(run["data_fingerprint"], str):
+        raise RecordError(f"{where}: run.json's files or data_fingerprint is damaged; restore it with "
+                          f"`git checkout -- {folder}`")
     contents = {}
     for name in (*FILES, *(n for n in OPTIONAL if n in run["files"])):
         path = folder / name

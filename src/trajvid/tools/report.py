@@ -55,6 +55,7 @@ class Configuration:
     """The runs of one configuration (same data, code and params but the training seed)."""
 
     label: str
+    key: str  # code and config fingerprints: what the seeds' bootstrap draws are named by
     runs: list[Record]
     quantities: list[dict[str, np.ndarray]] = field(default_factory=list)  # per run: stats.per_sample
     replicates: dict[str, np.ndarray] = field(default_factory=dict)  # stats.replicates of this group
@@ -100,10 +101,10 @@ class Section:
     copy_last: dict[str, np.ndarray]  # stats.per_sample of copying the last visible position
     copy_last_replicates: dict[str, np.ndarray]
     baseline: dict | None
-    samples: int
+    scored: int  # samples scored
     split: str
     data_seed: object
-    num_samples: object
+    dataset_size: object  # data.num_samples of the whole dataset
 
 
 def gather(root: Path, names: list[str] | None, live: bool = True) -> tuple[list[Record], list[str]]:
@@ -141,7 +142,8 @@ def gather(root: Path, names: list[str] | None, live: bool = True) -> tuple[list
 
 
 def drop_repeats(runs: list[Record]) -> tuple[list[Record], list[str]]:
-    """One run per configuration and training seed: the first (by name) is kept, the others named."""
+    """One run per configuration and training seed: the first in `runs`' order is kept (by name by
+    default; the order given with NAMEs), the others named."""
     kept, dropped, seen = [], [], {}
     for r in runs:
         key = (r.run["data_fingerprint"], r.run["code_fingerprint"], r.run["config_fingerprint"], str(r.run["train_seed"]))
@@ -158,38 +160,38 @@ def _base_label(r: Record) -> str:
 
 
 def sections(runs: list[Record], replicates: int = stats.REPLICATES) -> list[Section]:
-    """The runs by dataset, then by configuration, with their bootstrap replicates."""
-    by_data: dict[str, list[Record]] = {}
+    """The runs by dataset and scored split, then by configuration, with their bootstrap replicates."""
+    by_data: dict[tuple[str, str], list[Record]] = {}
     for r in runs:
-        by_data.setdefault(str(r.run["data_fingerprint"]), []).append(r)
+        by_data.setdefault((str(r.run["data_fingerprint"]), str(r.run["scored_split"])), []).append(r)
     out = []
-    for fingerprint in sorted(by_data):
-        members = by_data[fingerprint]
+    for (fingerprint, split) in sorted(by_data):
+        members = by_data[(fingerprint, split)]
         ids = members[0].predictions["sample_id"]
         for r in members:
             if not np.array_equal(r.predictions["sample_id"], ids):
                 raise RecordError(f"run {r.name} scored other samples than {members[0].name} on the same data "
-                                  f"({fingerprint[:12]}): one of their predictions files is not what its record says")
+                                  f"({fingerprint[:12]}, {split}): one of their predictions files is not what its record says")
         by_config: dict[tuple, list[Record]] = {}
         for r in members:
             by_config.setdefault((r.run["code_fingerprint"], r.run["config_fingerprint"]), []).append(r)
         configurations = []
         for (code, config), group in by_config.items():
             label = _base_label(group[0])
-            clashes = [k for k, g in by_config.items() if _base_label(g[0]) == label]
-            if len(clashes) > 1:  # the same backbone, head and precision with other code or params: name them apart
-                same_code = len({k[0] for k in clashes}) == 1
-                label += f" [config {config[:6]}]" if same_code else f" [code {code[:6]}]"
+            if sum(_base_label(g[0]) == label for g in by_config.values()) > 1:
+                label += f" [code {code[:6]}, config {config[:6]}]"  # the same backbone, head and precision otherwise
             group = sorted(group, key=lambda r: (str(r.run["train_seed"]), r.name))
-            configurations.append(Configuration(label, group, [stats.per_sample(r.predictions, CLASS_NAMES) for r in group]))
+            configurations.append(Configuration(label, f"{code}/{config}", group,
+                                                [stats.per_sample(r.predictions, CLASS_NAMES) for r in group]))
         configurations.sort(key=lambda c: c.label)
         copy_last = stats.copy_last_per_sample(members[0].predictions)
-        drawn = stats.replicates([c.quantities for c in configurations] + [[copy_last]], replicates)
+        drawn = stats.replicates([c.quantities for c in configurations] + [[copy_last]],
+                                 [c.key for c in configurations] + ["copy last"], replicates)
         for c, figures in zip(configurations, drawn):
             c.replicates = figures
-        baseline = next((r.baseline for r in members if r.baseline), None)
+        baseline = next((r.baseline for r in members if r.baseline and r.baseline.get("split", "test") == split), None)
         first = members[0].run
-        out.append(Section(fingerprint, configurations, copy_last, drawn[-1], baseline, len(ids), first["scored_split"],
+        out.append(Section(fingerprint, configurations, copy_last, drawn[-1], baseline, len(ids), split,
                            first["data_seed"], (first["params"].get("data") or {}).get("num_samples")))
     return out
 
@@ -221,7 +223,7 @@ def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
             _fmt(c.figure("next_euclidean_rmse"), ".5f"), _fmt(c.keypoint_px(), ".3f"),
             _fmt(c.first["gflop_per_sample"]["train_step"], ".2f"),
             _fmt(c.mean([r.run["train_time_s"] for r in c.runs]) / 60, ".1f"),
-            f"{c.first['parameters']:,}", _fmt((c.first["model"]["size_bytes"] or math.nan) / 1e6, ".1f"),
+            _fmt(c.first["parameters"], ","), _fmt((c.first["model"]["size_bytes"] or math.nan) / 1e6, ".1f"),
         ])
     last = section.copy_last
     rmse = float(np.sqrt(last["squared"].mean() / 3))
@@ -300,8 +302,8 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def section_title(section: Section) -> str:
-    return (f"Data {section.data_fingerprint[:12]} (data seed {section.data_seed}, {section.num_samples} samples; "
-            f"{section.samples} {section.split} samples scored)")
+    return (f"Data {section.data_fingerprint[:12]} (data seed {section.data_seed}, {section.dataset_size} samples; "
+            f"{section.scored} {section.split} samples scored)")
 
 
 def reduced_note(runs: list[Record]) -> str:
@@ -466,8 +468,8 @@ def render(sections_: list[Section], notes: list[str], heading: int = 2) -> str:
 
 
 def short_table(sections_: list[Section]) -> str:
-    """The README's table: per configuration of the full default protocol's data, accuracy and next
-    RMSE with intervals (every section when none is the full protocol's)."""
+    """The README's table: per configuration of every section, accuracy and next RMSE with
+    intervals, the section's copy-last and baseline lines, and which data it is."""
     rows = []
     for s in sections_:
         for c in s.configurations:
@@ -527,9 +529,9 @@ def report(root: Path | str = ".", names: list[str] | None = None, out: Path | s
     root, out = Path(root).resolve(), Path(out)
     if not out.is_absolute():
         out = root / out
-    if publish_docs:
-        publish(root, replicates)  # from the records alone, before anything else is written
     found, notes = gather(root, names)
+    if publish_docs:
+        publish(root, replicates)  # from the records alone
     runs, repeats = drop_repeats(found)
     if repeats:
         notes.append(f"Left out as repeats: {', '.join(repeats)}.")

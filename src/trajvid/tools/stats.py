@@ -10,8 +10,10 @@ samples for both (paired), with A's and B's seeds drawn apart. A difference is *
 interval excludes 0. With one seed the seed level has nothing to draw: the interval then covers
 the test samples only, and the report says n = 1.
 
-The draws, in this order from `numpy.random.default_rng(SEED)`: the sample indices (R, N); then,
-for each configuration in the order given, its seed indices (R, S).
+The draws: the sample indices (R, N) from `numpy.random.default_rng(SEED)`, shared by every
+configuration; each configuration's seed indices (R, S) from `default_rng([SEED, k])`, where k is
+the first 8 hex digits of the SHA-256 of the configuration's key, so that a configuration's
+interval does not change when other runs are added to the report.
 
 Figures (`FIGURES`), each from the per-sample predictions:
   accuracy             share of samples whose most probable class is the label
@@ -21,6 +23,8 @@ Figures (`FIGURES`), each from the per-sample predictions:
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -63,18 +67,23 @@ def point(seeds: list[dict[str, np.ndarray]], name: str) -> float:
     return float(np.mean([figure_of_means(name, {k: v.mean() for k, v in s.items()}) for s in seeds]))
 
 
-def replicates(groups: list[list[dict[str, np.ndarray]]], replicates: int = REPLICATES,
+def group_rng(key: str, seed: int = SEED) -> np.random.Generator:
+    """The generator of one configuration's seed draws."""
+    return np.random.default_rng([seed, int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)])
+
+
+def replicates(groups: list[list[dict[str, np.ndarray]]], keys: list[str], replicates: int = REPLICATES,
                seed: int = SEED) -> list[dict[str, np.ndarray]]:
-    """For each group (a configuration: its seeds' per-sample quantities on the same N samples),
-    every figure's bootstrap replicates {name: (R,)}, drawn as the module says."""
+    """For each group (a configuration: its seeds' per-sample quantities on the same N samples;
+    `keys`: their identities), every figure's bootstrap replicates {name: (R,)}, drawn as the
+    module says."""
     n = len(groups[0][0]["squared"])
     if any(len(s["squared"]) != n for g in groups for s in g):
         raise ValueError("every run must score the same samples")
-    rng = np.random.default_rng(seed)
-    samples = rng.integers(0, n, size=(replicates, n))
+    samples = np.random.default_rng(seed).integers(0, n, size=(replicates, n))
     out = []
-    for group in groups:
-        chosen = rng.integers(0, len(group), size=(replicates, len(group)))
+    for group, key in zip(groups, keys, strict=True):
+        chosen = group_rng(key, seed).integers(0, len(group), size=(replicates, len(group)))
         # per seed and replicate: the means over the drawn samples, (S, R)
         means = {k: np.stack([s[k][samples].mean(1) for s in group]) for k in group[0]}
         figures = {}
