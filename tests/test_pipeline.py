@@ -419,23 +419,9 @@ def push_then_pull_into_a_clone(repo, clone, remote_args, local_config=()):
 
 
 def test_push_and_pull_through_a_local_remote(baseline, tmp_path):
+    """`dvc push` / `dvc pull` of data and models (through S3: the team's flow in
+    test_exp_run_and_the_queue_show_every_backbone_in_exp_show, with credentials in .dvc/config.local)."""
     push_then_pull_into_a_clone(baseline, tmp_path / "clone", [str(tmp_path / "storage")])
-
-
-def test_push_and_pull_through_s3(baseline, tmp_path):
-    """A real S3 endpoint: moto's server on 127.0.0.1 (as dvc-s3's own tests use)."""
-    server, endpoint, s3 = s3_server()
-    try:
-        clone = push_then_pull_into_a_clone(
-            baseline, tmp_path / "s3clone", ["s3://trajvid/cache"],
-            local_config=[("endpointurl", endpoint), ("access_key_id", "testing"),
-                          ("secret_access_key", "testing"), ("region", "us-east-1")],
-        )
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="trajvid").get("Contents", [])]
-        assert any(k.startswith("cache/files/md5/") for k in keys)
-        assert (clone / "data" / "trajectories" / "README.md").is_file()
-    finally:
-        server.stop()
 
 
 def test_a_checkpoint_of_other_code_is_never_resumed(tmp_path):
