@@ -196,8 +196,8 @@ def test_a_model_given_data_it_was_not_built_for_is_one_line(trained, tiny_datas
     died in a traceback. (The command's one line for the first; the others in-process.)"""
     from trajvid.contracts import ContractError
     from trajvid.evaluate import evaluate
-    from trajvid.tools.explain import explain
     from trajvid.model_files import load_trained
+    from trajvid.tools.explain import explain
 
     shutil.copytree(trained / "models", tmp_path / "models")
     shutil.copy(trained / "params.yaml", tmp_path / "params.yaml")

@@ -124,7 +124,7 @@ def test_evaluate_reports_what_the_model_does_on_the_test_split(trained, tiny_da
                        ("last", test["positions"][:, NEXT - 1])):
         np.testing.assert_allclose(np.stack([table[f"{name}_{c}"] for c in "xyz"], axis=1), rows, rtol=EXACT, atol=1e-7)
     assert metrics["data"] == {"fingerprint": hashlib.sha256((tiny_dataset / "SHA256SUMS").read_bytes()).hexdigest(),
-                               "split": "test"}
+                               "split": "test", "cameras_moved_by": 0.0}
     # the control: row 31 (the last visible frame) as the target gives another figure
     wrong = figures(test["label"], predicted_class, position.numpy(), test["positions"][:, NEXT - 1])
     assert abs(wrong["position_rmse"] / expected["position_rmse"] - 1) > 100 * EXACT
