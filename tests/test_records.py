@@ -153,6 +153,10 @@ def test_the_report_reads_records_alone_and_never_mixes_datasets(records):
     for c in section.configurations:
         row = next(line for line in first.splitlines() if line.startswith(f"| {c.label} |"))
         assert f"{c.figure('next_rmse'):.5f} [" in row and f"{c.figure('accuracy'):.4f} [" in row, row
+        tables = [r.predictions for r in c.runs]
+        rmse = [np.sqrt(np.mean(np.stack([t[f"next_{k}"].astype(np.float64) - t[f"target_{k}"] for k in "xyz"]) ** 2))
+                for t in tables]
+        assert f" / {np.std(rmse, ddof=1):.5f} |" in row, row  # the spread over seeds (n = 2 and 3 here)
     copy_last = [line for line in md.splitlines() if line.startswith("| copy the last visible position")]
     assert len(copy_last) == 2  # one per dataset, on its own samples
     assert "magvit" not in second.split("## Charts")[0]  # the other data's section holds its one run only

@@ -87,6 +87,14 @@ class Configuration:
                                        for r, q in zip(self.runs, self.quantities)])
         return out
 
+    def seed_std(self) -> str:
+        """The sample standard deviation over seeds of each seed's accuracy and next RMSE ("-" for one seed)."""
+        if len(self.runs) < 2:
+            return "-"
+        accuracy = [float(q["correct"].mean()) for q in self.quantities]
+        rmse = [float(np.sqrt(q["squared"].mean() / 3)) for q in self.quantities]
+        return f"{np.std(accuracy, ddof=1):.4f} / {np.std(rmse, ddof=1):.5f}"
+
     def keypoint_px(self) -> float:
         """The validation keypoint error (px) at the last epoch, mean over seeds (keypoints head)."""
         return self.mean([(r.curves.get(KEYPOINT_CURVE) or [[0, math.nan]])[-1][1] for r in self.runs])
@@ -209,6 +217,7 @@ def _with_interval(value: float, bounds: tuple[float, float], spec: str) -> str:
 
 def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
     header = ["configuration", "seeds", "accuracy [95 % CI]", "worst class", "next RMSE per coord. [95 % CI]",
+              "std over seeds: accuracy / next RMSE",
               "next mean distance [95 % CI]", "next Euclidean RMSE", "val keypoint px", "GFLOP/sample (train step)",
               "train min", "params", "model MB"]
     rows = []
@@ -218,7 +227,7 @@ def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
         rows.append([
             c.label, f"{', '.join(str(s) for s in c.seeds)} (n={len(c.runs)})",
             _with_interval(c.figure("accuracy"), c.interval("accuracy"), ".4f"), f"{name} {worst[name]:.3f}",
-            _with_interval(c.figure("next_rmse"), c.interval("next_rmse"), ".5f"),
+            _with_interval(c.figure("next_rmse"), c.interval("next_rmse"), ".5f"), c.seed_std(),
             _with_interval(c.figure("next_distance"), c.interval("next_distance"), ".5f"),
             _fmt(c.figure("next_euclidean_rmse"), ".5f"), _fmt(c.keypoint_px(), ".3f"),
             _fmt(c.first["gflop_per_sample"]["train_step"], ".2f"),
@@ -228,7 +237,7 @@ def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
     last = section.copy_last
     rmse = float(np.sqrt(last["squared"].mean() / 3))
     rows.append(["copy the last visible position (same samples)", "-", "-", "-",
-                 _with_interval(rmse, stats.interval(section.copy_last_replicates["next_rmse"]), ".5f"),
+                 _with_interval(rmse, stats.interval(section.copy_last_replicates["next_rmse"]), ".5f"), "-",
                  _with_interval(float(last["distance"].mean()), stats.interval(section.copy_last_replicates["next_distance"]), ".5f"),
                  _fmt(float(np.sqrt(last["squared"].mean())), ".5f"), "-", "0", "-", "-", "-"])
     if section.baseline:
@@ -237,7 +246,7 @@ def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
         worst = min((n for n in CLASS_NAMES if n in per_class), key=per_class.get, default=None)
         rows.append(["classical baseline (triangulate centroids + fit; no interval: no per-sample record)", "-",
                      _fmt(test["accuracy"], ".4f"), f"{worst} {per_class[worst]:.3f}" if worst else "-",
-                     _fmt(test["position_rmse"], ".5f"), _fmt(test.get("position_mean_distance"), ".5f"),
+                     _fmt(test["position_rmse"], ".5f"), "-", _fmt(test.get("position_mean_distance"), ".5f"),
                      _fmt(test["position_rmse"] * math.sqrt(3), ".5f"), "-", "-", "-", "0", "-"])
     return header, rows
 
