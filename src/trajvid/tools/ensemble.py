@@ -48,6 +48,15 @@ def member_weights(members: list[TrainedAt], weighting: str) -> list[float]:
     return [w / sum(raw) for w in raw]
 
 
+def verdict(rows: list[dict], test: dict) -> dict:
+    """ensemble.json's best member figures and whether the ensemble beats them."""
+    best_accuracy = max(r["test_accuracy"] for r in rows)
+    best_rmse = min(r["test_position_rmse"] for r in rows)
+    return {"best_member": {"accuracy": best_accuracy, "position_rmse": best_rmse},
+            "beats_best_member": {"accuracy": test["accuracy"] > best_accuracy,
+                                  "position_rmse": test["position_rmse"] < best_rmse}}
+
+
 def member_outputs(members: list[TrainedAt], dataset, batch_size: int = 32, num_workers: int = 2):
     """Per member: class probabilities (N, 4) and next positions (N, 3); and the labels and true
     next positions (N,), (N, 3), from one pass over the data."""
@@ -130,8 +139,6 @@ def ensemble_record(members: list[TrainedAt], rows: list[dict], test: dict, weig
     """metrics/ensemble.json: metrics.json's keys (model, test, train) plus the members and the verdict."""
     from trajvid.head.multitask import count_parameters
 
-    best_accuracy = max(r["test_accuracy"] for r in rows)
-    best_rmse = min(r["test_position_rmse"] for r in rows)
     trainings = [m.config["training"] for m in members]
     return {
         "model": {
@@ -152,9 +159,7 @@ def ensemble_record(members: list[TrainedAt], rows: list[dict], test: dict, weig
             "weights": weighting,
             "data_fingerprint": local,
             "members": rows,
-            "best_member": {"accuracy": best_accuracy, "position_rmse": best_rmse},
-            "beats_best_member": {"accuracy": test["accuracy"] > best_accuracy,
-                                  "position_rmse": test["position_rmse"] < best_rmse},
+            **verdict(rows, test),
         },
     }
 
@@ -211,8 +216,6 @@ def ensemble_of_records(root: Path | str, names: list[str], out: Path | str = "m
                      "head": m.run["head"], "seed": m.run["train_seed"], "weight": w,
                      "val_position_rmse": (m.curves.get("val/position_rmse") or [[0, None]])[-1][1],
                      "test_accuracy": own["accuracy"], "test_position_rmse": own["position_rmse"]})
-    best_accuracy = max(r["test_accuracy"] for r in rows)
-    best_rmse = min(r["test_position_rmse"] for r in rows)
     result = {
         "model": {"name": "ensemble", "head": "+".join(sorted({r["head"] for r in rows})),
                   "params": sum(m.run["parameters"] or 0 for m in members),
@@ -222,9 +225,7 @@ def ensemble_of_records(root: Path | str, names: list[str], out: Path | str = "m
                   "epochs": [m.run["epochs"] for m in members], "device": sorted({str(m.run["device"]) for m in members}),
                   "processes": [m.run["processes"] for m in members]},
         "ensemble": {"weights": weighting, "data_fingerprint": first.run["data_fingerprint"], "from": "records",
-                     "members": rows, "best_member": {"accuracy": best_accuracy, "position_rmse": best_rmse},
-                     "beats_best_member": {"accuracy": test["accuracy"] > best_accuracy,
-                                           "position_rmse": test["position_rmse"] < best_rmse}},
+                     "members": rows, **verdict(rows, test)},
     }
     out = Path(out) if Path(out).is_absolute() else root / out
     with writing("the ensemble's metrics", out):

@@ -91,8 +91,8 @@ class Configuration:
         """The sample standard deviation over seeds of each seed's accuracy and next RMSE ("-" for one seed)."""
         if len(self.runs) < 2:
             return "-"
-        accuracy = [float(q["correct"].mean()) for q in self.quantities]
-        rmse = [float(np.sqrt(q["squared"].mean() / 3)) for q in self.quantities]
+        accuracy = [stats.point([q], "accuracy") for q in self.quantities]
+        rmse = [stats.point([q], "next_rmse") for q in self.quantities]
         return f"{np.std(accuracy, ddof=1):.4f} / {np.std(rmse, ddof=1):.5f}"
 
     def keypoint_px(self) -> float:
@@ -235,11 +235,11 @@ def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
             _fmt(c.first["parameters"], ","), _fmt((c.first["model"]["size_bytes"] or math.nan) / 1e6, ".1f"),
         ])
     last = section.copy_last
-    rmse = float(np.sqrt(last["squared"].mean() / 3))
+    rmse = stats.point([last], "next_rmse")
     rows.append(["copy the last visible position (same samples)", "-", "-", "-",
                  _with_interval(rmse, stats.interval(section.copy_last_replicates["next_rmse"]), ".5f"), "-",
-                 _with_interval(float(last["distance"].mean()), stats.interval(section.copy_last_replicates["next_distance"]), ".5f"),
-                 _fmt(float(np.sqrt(last["squared"].mean())), ".5f"), "-", "0", "-", "-", "-"])
+                 _with_interval(stats.point([last], "next_distance"), stats.interval(section.copy_last_replicates["next_distance"]), ".5f"),
+                 _fmt(stats.point([last], "next_euclidean_rmse"), ".5f"), "-", "0", "-", "-", "-"])
     if section.baseline:
         test = section.baseline["test"]
         per_class = test.get("per_class_accuracy") or {}
@@ -291,7 +291,7 @@ def run_table(section: Section) -> tuple[list[str], list[list[str]]]:
                 r.name, str(run["source"]), (revision.get("commit") or "-")[:7] + (" +changes" if revision.get("code_dirty") else ""),
                 c.label, str(run["train_seed"]), f"{run['device']} ×{run['processes']}",
                 ",".join(str(t) for t in run["threads"] or []) or "-",
-                _fmt(float(q["correct"].mean()), ".4f"), _fmt(float(np.sqrt(q["squared"].mean() / 3)), ".5f"),
+                _fmt(stats.point([q], "accuracy"), ".4f"), _fmt(stats.point([q], "next_rmse"), ".5f"),
                 _fmt(float(q["distance"].mean()), ".5f"), _fmt((run["train_time_s"] or math.nan) / 60, ".1f"),
                 _fmt(run["samples_per_s"], ".1f"),
             ])
@@ -374,7 +374,7 @@ def chart_accuracy_rmse(plt, section: Section, colors):
                color=[colors[i % len(colors)] for i in range(len(configs))], capsize=4)
         ax.set_xticks(range(len(configs)), labels, rotation=20, ha="right")
         ax.set_title(f"{title} (95 % CI)")
-    right.axhline(float(np.sqrt(section.copy_last["squared"].mean() / 3)), color="r", ls=":", label="copy last position")
+    right.axhline(stats.point([section.copy_last], "next_rmse"), color="r", ls=":", label="copy last position")
     if section.baseline:
         left.axhline(section.baseline["test"]["accuracy"], color="k", ls="--", label="classical baseline")
         right.axhline(section.baseline["test"]["position_rmse"], color="k", ls="--", label="classical baseline")
@@ -450,7 +450,7 @@ def chart_time_tradeoff(plt, section: Section, colors):
         minutes = [(r.run["train_time_s"] or math.nan) / 60 for r in c.runs]
         left.scatter(minutes, [float(q["correct"].mean()) for q in c.quantities], color=colors[i % len(colors)],
                      label=c.label)
-        right.scatter(minutes, [float(np.sqrt(q["squared"].mean() / 3)) for q in c.quantities], color=colors[i % len(colors)])
+        right.scatter(minutes, [stats.point([q], "next_rmse") for q in c.quantities], color=colors[i % len(colors)])
     for ax, title in ((left, "accuracy"), (right, "next RMSE per coordinate")):
         ax.set_xlabel("training time (min)")
         ax.set_title(f"{title}, one point per run")
@@ -486,7 +486,7 @@ def short_table(sections_: list[Section]) -> str:
                          _with_interval(c.figure("next_rmse"), c.interval("next_rmse"), ".5f"),
                          _fmt(c.first["gflop_per_sample"]["train_step"], ".2f"), s.data_fingerprint[:12]])
         rows.append(["copy the last visible position", "-", "-",
-                     _fmt(float(np.sqrt(s.copy_last["squared"].mean() / 3)), ".5f"), "0", s.data_fingerprint[:12]])
+                     _fmt(stats.point([s.copy_last], "next_rmse"), ".5f"), "0", s.data_fingerprint[:12]])
         if s.baseline:
             rows.append(["classical baseline", "-", _fmt(s.baseline["test"]["accuracy"], ".4f"),
                          _fmt(s.baseline["test"]["position_rmse"], ".5f"), "-", s.data_fingerprint[:12]])
@@ -550,7 +550,7 @@ def report(root: Path | str = ".", names: list[str] | None = None, out: Path | s
     parts = sections(runs, replicates)
     out.mkdir(parents=True, exist_ok=True)
     charts = {}
-    for i, s in enumerate(parts):
+    for s in parts:
         prefix = "" if len(parts) == 1 else f"data-{s.data_fingerprint[:8]}-"
         charts.update({f"{prefix}{k}": v for k, v in make_charts(s, out, prefix).items()})
     body = render(parts, notes)
