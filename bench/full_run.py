@@ -127,7 +127,7 @@ def main() -> None:
               f"{pc['helical']:>7.4f} {pc['parabolic']:>7.4f} {t['position_rmse']:>7.4f} "
               f"{m['train']['time_s']:>8.0f} {m['train']['wall_s']:>7.0f} {m['train']['samples_per_s']:>7.1f} "
               f"{m['model']['params']:>10,}")
-    t, pc = baseline["test"], baseline["test"]["per_class_accuracy"]
+    t, pc = baseline[split], baseline[split]["per_class_accuracy"]
     print(f"{'baseline':<12} {t['accuracy']:>7.4f} {pc['linear']:>7.4f} {pc['circular']:>7.4f} "
           f"{pc['helical']:>7.4f} {pc['parabolic']:>7.4f} {t['position_rmse']:>7.4f}   (classical: triangulate and fit)")
     print(f"{'copy-last':<12} {'':>39} {baseline['copy_last']['position_rmse']:>7.4f}   (the last visible position)")

@@ -239,7 +239,7 @@ def test_a_model_triangulates_with_the_cameras_of_the_data_it_scores(trained, ti
 
     from trajvid.contracts import use_data_cameras
     from trajvid.data.shards import open_split
-    from trajvid.evaluate import predict
+    from trajvid.inference import predict
     from trajvid.model_files import load_trained
 
     model, config = load_trained(tmp_path / "moved")

@@ -14,7 +14,7 @@ import pytest
 from conftest import default_params, run
 
 from trajvid.data.scene import CLASS_NAMES
-from trajvid.evaluate import PREDICTION_COLUMNS
+from trajvid.inference import PREDICTION_COLUMNS
 from trajvid.tools import stats
 from trajvid.tools.records import RUN_KEYS, Record, RecordError, load_records, write_record
 from trajvid.tools.report import differences, report, sections
@@ -222,3 +222,43 @@ def test_an_ensemble_of_records_is_the_mean_of_their_stored_predictions(records)
     with pytest.raises(EnsembleError, match="scored other data"):
         ensemble_of_records(records, [names[0], other.name], records / "ensemble2.json")
     assert not (records / "ensemble2.json").exists()
+
+
+def shifted(accuracy: float, rmse: float, fingerprint: str = "e" * 64) -> dict:
+    figures = {"accuracy": accuracy, "position_rmse": rmse}
+    return {"changes": {"pixel_noise_std": 2.0}, "data": {"fingerprint": fingerprint, "samples": 40, "seed": 4242,
+                                                        "cameras_moved_by": 0.0},
+            "model": figures, "baseline": {"accuracy": 1.0, "position_rmse": 0.001}, "copy_last": {"position_rmse": 0.07}}
+
+
+def test_the_robustness_table_is_shift_by_model_from_the_records_that_have_it(tmp_path):
+    """Records carry metrics/robustness.json (robustness.json, checked like their other files);
+    the report shows each configuration's mean over its seeds on every shifted set, the baseline
+    and copy-last on the same set, and keeps sets of other params (fingerprints) apart."""
+    out = tmp_path / "results" / "runs"
+    figures = {("i3d", 0): (0.9, 0.010), ("i3d", 1): (0.8, 0.020), ("magvit", 0): (0.5, 0.030)}
+    for (backbone, seed), (accuracy, rmse) in figures.items():
+        record, data = make_record(backbone, seed, 2.0)
+        record.robustness = {"model": {"name": backbone, "head": "keypoints"},
+                             "shifts": {"sensor_noise_2": shifted(accuracy, rmse)}}
+        if backbone == "magvit":  # the same name, other data: another column
+            record.robustness["shifts"]["sensor_noise_2"] = shifted(accuracy, rmse, "9" * 64)
+        write_record(record, data, out)
+    loaded = {r.name: r for r in load_records(tmp_path)}
+    assert all(r.robustness["shifts"]["sensor_noise_2"]["model"]["accuracy"] == figures[(r.run["backbone"], r.run["train_seed"])][0]
+               for r in loaded.values())
+    text = (tmp_path / "reports" / "comparison.md")
+    report(tmp_path, replicates=50)
+    table = text.read_text().split("Robustness: accuracy / next RMSE per coordinate on shifted data", 1)[1]
+    header = next(line for line in table.splitlines() if line.startswith("| configuration"))
+    assert "sensor_noise_2 (eeeeeeee)" in header and "sensor_noise_2 (99999999)" in header
+    i3d = next(line for line in table.splitlines() if line.startswith("| i3d"))
+    assert "| 0.850 / 0.01500 | - |" in i3d  # the mean of its two seeds; magvit's set is not its
+    magvit = next(line for line in table.splitlines() if line.startswith("| magvit"))
+    assert magvit.endswith("| - | 0.500 / 0.03000 |")
+    assert "| classical baseline | - |" in table and "1.000 / 0.00100" in table
+    # a damaged robustness.json is refused like any other file of the record
+    victim = next(out.iterdir()) / "robustness.json"
+    victim.write_text(victim.read_text().replace("0.", "1.", 1))
+    with pytest.raises(RecordError, match="robustness.json is damaged"):
+        load_records(tmp_path)

@@ -22,7 +22,7 @@ from trajvid.train import NOT_COMPUTATION, imported_closure
 
 SRC = ROOT / "src"
 PACKAGE = SRC / "trajvid"
-STAGE_MODULES = {"trajvid.generate", "trajvid.baseline", "trajvid.train", "trajvid.evaluate"}
+STAGE_MODULES = {"trajvid.generate", "trajvid.baseline", "trajvid.train", "trajvid.evaluate", "trajvid.robustness"}
 # Loaded by stages but not what they compute (docs/design.md, "Stage dependencies"): argument
 # parsing, the choice of which (identical) GPU runs a stage, the heartbeat `trajvid status` reads.
 DISPATCH = {"trajvid", "trajvid.__main__", "trajvid.cli", "trajvid.runtime.gpus", "trajvid.runtime.heartbeat"}
@@ -126,6 +126,10 @@ def test_stage_params_are_exactly_the_settings_that_change_results():
     assert set(stages["train"]["params"]) == {"model", "models.${model}", "head"} | train_keys
     data_keys = {f"data.{f.name}" for f in dataclasses.fields(DataParams) if f.name not in DataParams.RUNTIME}
     assert set(stages["generate"]["params"]) == {"seed"} | data_keys
+    # a shifted set: the data params but its own seed and size, and its shift's changes
+    assert set(stages["shift"]["do"]["params"]) == (data_keys - {"data.num_samples"}) | {
+        "robustness.seed", "robustness.num_samples", "robustness.shifts.${key}"}
+    assert stages["shift"]["foreach"] == "${robustness.shifts}" and stages["robustness"]["params"] == ["robustness"]
 
 
 def dvc_stages() -> dict:
@@ -135,7 +139,8 @@ def dvc_stages() -> dict:
 def declared_code(stage: str, model: str) -> set[str]:
     """The .py files a stage's `deps` name, a directory standing for every .py file in it."""
     files = set()
-    for dep in dvc_stages()[stage]["deps"]:
+    definition = dvc_stages()[stage]
+    for dep in definition.get("do", definition)["deps"]:  # a foreach stage's deps are under `do`
         path = ROOT / dep.replace("${model}", model)
         if dep.startswith("src/"):
             files |= {str(p.relative_to(ROOT)) for p in path.rglob("*.py")} if path.is_dir() else {dep.replace("${model}", model)}
@@ -173,9 +178,17 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(tmp_path):
     reruns a stage for nothing)."""
     params = tiny_params(num_samples=40, epochs=1)
     write_params(tmp_path / "params.yaml", params)
-    for stage, args in (("generate", ["--no-progress"]), ("baseline", []), ("train", ["--no-progress"]), ("evaluate", [])):
-        run([sys.executable, "-c", RECORD_MODULES, stage, *args], tmp_path)
-        modules = set(json.loads((tmp_path / "modules.json").read_text())) - DISPATCH
+    shift = next(iter(params["robustness"]["shifts"]))
+    for stage, commands in (("generate", [["generate", "--no-progress"]]), ("baseline", [["baseline"]]),
+                            ("train", [["train", "--no-progress"]]), ("evaluate", [["evaluate"]]),
+                            ("shift", [["generate", "--shift", shift, "--no-progress"],
+                                       ["baseline", "--data", f"data/robustness/{shift}", "--split", "all", "--out",
+                                        f"metrics/robustness/{shift}.json"]]),
+                            ("robustness", [["robustness"]])):
+        modules = set()
+        for args in commands:  # a stage of several commands imports what all of them do
+            run([sys.executable, "-c", RECORD_MODULES, *args], tmp_path)
+            modules |= set(json.loads((tmp_path / "modules.json").read_text())) - DISPATCH
         imported = {module_file(m) for m in modules}
         declared = declared_code(stage, params["model"])
         assert imported == declared, (stage, sorted(imported - declared), sorted(declared - imported))

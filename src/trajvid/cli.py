@@ -127,14 +127,18 @@ def _load(path: Path):
 @stage
 def generate(
     params_file: Path = PARAMS,
-    out: Path = typer.Option(Path("data/trajectories"), help="Output dataset directory."),
+    out: Path = typer.Option(None, help="Output dataset directory [default: data/trajectories, or "
+                                         "data/robustness/SHIFT with --shift]."),
+    shift: str = typer.Option(None, help="A shifted set of params.yaml's robustness.shifts instead (stage `shift`)."),
     progress: bool | None = typer.Option(None, help="Show a progress bar [default: on a terminal]."),
 ) -> None:
-    """Render the synthetic dataset (stage `generate`)."""
+    """Render the synthetic dataset (stage `generate`), or one shifted set (stage `shift`)."""
     from trajvid.generate import generate as run
 
     params = _load(params_file)
-    summary = run(params.seed, params.data, out, progress=_show_progress(progress))
+    seed, data = params.shifted_data(shift) if shift else (params.seed, params.data)
+    out = out or (Path("data/robustness") / shift if shift else Path("data/trajectories"))
+    summary = run(seed, data, out, progress=_show_progress(progress))
     counts = {split: sum(c.values()) for split, c in summary["splits"].items()}
     typer.echo(f"wrote {out}: {counts} in {len(summary['files'])} shards")
 
@@ -164,11 +168,12 @@ def evaluate(
     out: Path = typer.Option(None, help="Metrics output directory [default: metrics, or metrics/validation "
                                          "with --split validation, beside the stage's own]."),
     params_file: Path = PARAMS,
-    split: str = typer.Option("test", help="test (the stage: a run's result) or validation (design comparisons)."),
+    split: str = typer.Option("test", help="test (the stage: a run's result), validation (design comparisons) or "
+                                           "all (every sample: a dataset of your own)."),
 ) -> None:
-    """Evaluate the trained model on the test split (stage `evaluate`)."""
-    if split not in ("test", "validation"):
-        _fail(f"--split {split!r} is not allowed: use test or validation")
+    """Evaluate the trained model on the test split (stage `evaluate`), or on any split of any dataset."""
+    if split not in ("test", "validation", "all"):
+        _fail(f"--split {split!r} is not allowed: use test, validation or all (every sample)")
     out = out or (Path("metrics") if split == "test" else Path("metrics") / split)
     params = _load(params_file)
     _claim_gpu()
@@ -184,17 +189,41 @@ def evaluate(
 
 @app.command()
 @stage
+def robustness(
+    model: Path = typer.Option(Path("models"), help="Trained model directory."),
+    data: Path = typer.Option(Path("data/robustness"), help="The shifted sets (one directory per shift)."),
+    baselines: Path = typer.Option(Path("metrics/robustness"), help="The baseline's figures on each shifted set."),
+    out: Path = typer.Option(Path("metrics/robustness.json"), help="Metrics file to write."),
+    params_file: Path = PARAMS,
+) -> None:
+    """Score the trained model on every shifted set of robustness.shifts, the baseline beside it (stage `robustness`)."""
+    params = _load(params_file)
+    _claim_gpu()
+    from trajvid.robustness import robustness as run
+
+    result = run(params, model, data, baselines, out)
+    for name, shift in result["shifts"].items():
+        typer.echo(f"{name:<16} accuracy {shift['model']['accuracy']:.4f} next RMSE {shift['model']['position_rmse']:.5f}"
+                   f"   baseline {shift['baseline']['accuracy']:.4f} / {shift['baseline']['position_rmse']:.5f}"
+                   f"   copy-last {shift['copy_last']['position_rmse']:.5f}")
+
+
+@app.command()
+@stage
 def baseline(
     data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory."),
     out: Path = typer.Option(Path("metrics/baseline.json"), help="Metrics file to write."),
+    split: str = typer.Option("test", help="test (the stage), validation, or all (every sample: a shifted set)."),
 ) -> None:
     """The classical yardstick on the test split: centroids, triangulation, per-class fits (stage `baseline`)."""
+    if split not in ("test", "validation", "all"):
+        _fail(f"--split {split!r} is not allowed: use test, validation or all")
     from trajvid.baseline import baseline as run
 
-    result = run(data, out)
-    test = result["test"]
-    typer.echo(f"baseline: test accuracy {test['accuracy']:.4f}, next-position RMSE {test['position_rmse']:.4f} "
-               f"(copying the last position: {result['copy_last']['position_rmse']:.4f})")
+    result = run(data, out, split)
+    figures = result[split]
+    typer.echo(f"baseline: {split} accuracy {figures['accuracy']:.4f}, next-position RMSE "
+               f"{figures['position_rmse']:.4f} (copying the last position: {result['copy_last']['position_rmse']:.4f})")
 
 
 @app.command()

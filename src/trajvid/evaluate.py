@@ -14,41 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from trajvid.data.scene import CLASS_NAMES
 from trajvid.contracts import camera_difference, check_meets, use_data_cameras
 from trajvid.data.shards import dataset_fingerprint, open_split, read_metadata
 from trajvid.head.multitask import count_parameters
-from trajvid.inference import outputs
-from trajvid.metrics import SplitMetrics
+from trajvid.inference import PREDICTION_COLUMNS, predict
 from trajvid.model_files import WEIGHTS, load_trained
 from trajvid.runtime.devices import set_threads
 from trajvid.runtime.files import atomic_write, write_json, writing
-
-# The per-sample file's columns, all float32 but the first two: the sample, its class index, the
-# model's class probabilities, its next position, the true next position (row 32) and the last
-# visible one (row 31, what copying the last position predicts), in world units.
-PREDICTION_COLUMNS = ("sample_id", "label", *(f"prob_{name}" for name in CLASS_NAMES),
-                      "next_x", "next_y", "next_z", "target_x", "target_y", "target_z", "last_x", "last_y", "last_z")
-
-
-def predict(model, dataset, batch_size: int = 32,
-            num_workers: int = 2) -> tuple[SplitMetrics, list[dict], dict[str, np.ndarray]]:
-    """The figures of `dataset`, one {actual, predicted} row per sample and the per-sample
-    predictions (`PREDICTION_COLUMNS`)."""
-    metrics, confusion, ids, labels, values = SplitMetrics(), [], [], [], []
-    for batch, [(logits, position)] in outputs([model], dataset, batch_size, num_workers):
-        label = batch["label"]
-        metrics.add(logits, label, position, batch["positions"][:, -1].to(position.device))
-        confusion += [{"actual": CLASS_NAMES[a], "predicted": CLASS_NAMES[p]}
-                      for a, p in zip(label.tolist(), logits.argmax(-1).cpu().tolist())]
-        ids.append(batch["sample_id"].numpy())
-        labels.append(label.numpy())
-        values.append(np.concatenate([logits.float().softmax(-1).cpu().numpy(), position.float().cpu().numpy(),
-                                      batch["positions"][:, -1].numpy(), batch["positions"][:, -2].numpy()], axis=1))
-    values = np.concatenate(values).astype(np.float32)
-    table = {"sample_id": np.concatenate(ids).astype(np.int64), "label": np.concatenate(labels).astype(np.int8)}
-    table.update({name: values[:, i] for i, name in enumerate(PREDICTION_COLUMNS[2:])})
-    return metrics, confusion, table
 
 
 def write_predictions(path: Path, table: dict[str, np.ndarray]) -> None:

@@ -67,21 +67,26 @@ def stratified_split(seed: int, data: DataParams) -> dict[str, np.ndarray]:
 # -- worker side --------------------------------------------------------------------------------
 
 _renderer: scene.Renderer | None = None
-_settings: tuple[int, int, float] | None = None
+_settings: tuple[int, DataParams] | None = None
 
 
-def _init_worker(seed: int, num_frames: int, image_size: int, noise_std: float) -> None:
+def _init_worker(seed: int, data: DataParams) -> None:
     global _renderer, _settings
-    _renderer = scene.Renderer(CHUNK, num_frames, image_size)
-    _settings = (seed, num_frames, noise_std)
+    _renderer = scene.Renderer(CHUNK, data.num_frames, data.image_size, data.cameras)
+    _settings = (seed, data)
 
 
 def _render_chunk(sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bytes]]:
-    seed, num_frames, noise_std = _settings
-    labels, positions = zip(*(scene.sample_positions(seed, int(i), num_frames, noise_std) for i in sample_ids))
+    seed, data = _settings
+    labels, positions = zip(*(scene.sample_positions(seed, int(i), data.num_frames, data.noise_std, data.speed)
+                              for i in sample_ids))
     positions = np.stack(positions)
     frames = _renderer.render(positions)
-    videos = [compress_video(frames[i]) for i in range(len(sample_ids))]
+    if data.pixel_noise_std > 0:  # on a copy: the renderer's buffer must stay clean for `erase`
+        videos = [compress_video(scene.add_pixel_noise(frames[i], seed, int(sample_id), data.pixel_noise_std))
+                  for i, sample_id in enumerate(sample_ids)]
+    else:
+        videos = [compress_video(frames[i]) for i in range(len(sample_ids))]
     _renderer.erase()
     return sample_ids, np.asarray(labels), positions, videos
 
@@ -111,10 +116,11 @@ def _worker_main(conn, init_args: tuple, other_ends: list) -> None:
 def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True) -> dict:
     """Write the dataset to `out` (replacing it only once complete). Returns a summary."""
     data.check("data")
+    scene.check_rig(data.image_size, data.cameras)
     out = Path(out)
     splits = stratified_split(seed, data)
     video_shape = (scene.NUM_CAMERAS, data.num_frames, data.image_size, data.image_size, 3)
-    cameras = scene.cameras_metadata(data.image_size)
+    cameras = scene.cameras_metadata(data.image_size, data.cameras)
     schema = arrow_schema(video_shape, data.num_frames + 1, cameras)
 
     # Tasks in file order: split by split, shard by shard, chunk by chunk.
@@ -128,11 +134,12 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
             tasks.extend(chunks)
 
     needed = BYTES_PER_SAMPLE * data.num_samples * (data.num_frames / 32) * (data.image_size / 64) ** 2
-    # `out` is replaced only once everything is written; a full disk or a signal leaves it as it was
+    if data.pixel_noise_std > 0:  # noise does not compress: up to the raw frames (~0.5 of them measured at 2 levels)
+        needed = data.num_samples * math.prod(video_shape)    # `out` is replaced only once everything is written; a full disk or a signal leaves it as it was
     with writing("the dataset", out, needed), atomic_directory(out) as tmp:
         (tmp / "data").mkdir()
         workers = data.workers or available_cores()
-        init_args = (seed, data.num_frames, data.image_size, data.noise_std)
+        init_args = (seed, data)
         bar = tqdm(total=data.num_samples, unit="sample", desc="generate", disable=not progress)
         with _Workers(workers, init_args) as pool:
             results = pool.map(tasks)
@@ -145,8 +152,7 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
         bar.close()
         summary = {
             "seed": seed,
-            # everything that determines the files; `workers` does not, so it stays out of the card
-            "data": {k: v for k, v in asdict(data).items() if k not in DataParams.RUNTIME},
+            "data": card_params(data),
             "splits": {
                 split: {scene.CLASS_NAMES[c]: int(np.sum(ids % len(scene.CLASS_NAMES) == c)) for c in range(4)}
                 for split, ids in splits.items()
@@ -228,12 +234,21 @@ class _Workers:
             process.join()
 
 
+def card_params(data: DataParams) -> dict:
+    """The data params a dataset card states: everything that determines the files (`workers` does
+    not), the scene's shifts only where they are not the default (the default card's text, and
+    so the default dataset's bytes, are those of the code before the shifts existed)."""
+    values = {k: v for k, v in asdict(data).items() if k not in DataParams.RUNTIME}
+    defaults = asdict(DataParams())
+    return {k: v for k, v in values.items() if k not in DataParams.SHIFTS or v != defaults[k]}
+
+
 def dataset_card(summary: dict, video_shape: tuple, cameras: dict) -> str:
     """The dataset's README.md: a HuggingFace card (its YAML header maps the files to the splits)
     that documents what was generated. Part of the data: its text is byte-identical for the same
     params, so a change here changes every dataset's fingerprint."""
     return (_card_header(summary) + _card_fields(summary["data"], video_shape) + _card_splits(summary)
-            + _card_scene(summary["data"]) + _card_cameras(cameras))
+            + _card_scene(summary["data"], cameras) + _card_cameras(cameras))
 
 
 def _card_header(summary: dict) -> str:
@@ -317,19 +332,28 @@ Files (their SHA-256 sums are in `SHA256SUMS`; check them with `sha256sum -c SHA
 """
 
 
-def _card_scene(data: dict) -> str:
+def _card_scene(data: dict, cameras: dict) -> str:
     range_rows = "\n".join(
         f"| {name} | " + ", ".join(f"{k}: {_fmt_range(v)}" for k, v in ranges.items()) + " |"
         for name, ranges in scene.RANGES.items()
     )
+    rig = {**asdict(scene.DEFAULT_RIG), **data.get("cameras", {})}
+    azimuths = [f"{a:g}" for a in cameras["azimuth_deg"]]
+    shifts = ""
+    if data.get("speed", 1.0) != 1.0:
+        shifts += (f"\nEvery motion goes {data['speed']:g} times as far in its frames as in the default dataset "
+                   "(path length, sweep and climb multiplied; a draw that leaves the cube is drawn again).\n")
+    if data.get("pixel_noise_std", 0.0) > 0:
+        shifts += (f"\nSensor noise: Gaussian of standard deviation {data['pixel_noise_std']:g} uint8 levels added to "
+                   "every stored pixel (rounded, clipped to 0..255).\n")
     return f"""## The scene
 
 World units, z up. Every position lies in the cube [-1.5, 1.5]^3. A sphere of radius
 {scene.SPHERE_RADIUS} (one colour for all classes), perspective-projected, anti-aliased, with headlight
 shading, on a dark static background. Four pinhole cameras on a circle of radius
-{scene.CAMERA_DISTANCE:g} at height {scene.CAMERA_HEIGHT:g}, at azimuths 0, 90, 180 and 270 degrees, looking at the
-origin, {scene.FIELD_OF_VIEW_DEG:g} degree field of view, OpenCV convention.
-
+{rig["distance"]:g} at height {rig["height"]:g}, at azimuths {", ".join(azimuths[:-1])} and {azimuths[-1]} degrees, looking at the
+origin, {rig["fov_deg"]:g} degree field of view, OpenCV convention.
+{shifts}
 ## Motions (constant parameter speed over frames 0..{data["num_frames"]})
 
 Parameter ranges actually sampled (SPEC ranges, adjusted to keep every point in the cube):

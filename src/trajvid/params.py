@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import yaml
 from trajvid.backbones import check_name
 from trajvid.errors import ParamsError, first_line
 
-__all__ = ["ParamsError", "Params", "DataParams", "TrainParams", "HeadParams", "SplitParams", "load", "parse",
+__all__ = ["ParamsError", "Params", "DataParams", "TrainParams", "HeadParams", "SplitParams", "CameraRigParams", "RobustnessParams", "load", "parse",
            "from_dict"]
 
 
@@ -49,16 +50,39 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
+class CameraRigParams:
+    """The four cameras: on a circle round the z axis, 90 degrees apart, looking at the origin."""
+
+    azimuth_offset_deg: float = 0.0  # the first camera's azimuth (the others follow at +90, +180, +270)
+    distance: float = 5.0  # horizontal distance of each camera from the z axis
+    height: float = 2.0  # above the origin
+    fov_deg: float = 60.0  # field of view, horizontal and vertical (square pixels, square images)
+
+    def check(self, path: str) -> None:
+        # whether the whole scene is then in view is the scene's to say (data/scene.py, `check_rig`)
+        if not self.distance > 0:  # straight above the origin a camera's "right" is undefined
+            raise ParamsError(f"{path}.distance={self.distance} is not allowed: must be > 0")
+        if not 0 < self.fov_deg < 180:
+            raise ParamsError(f"{path}.fov_deg={self.fov_deg} is not allowed: must be in (0, 180) degrees")
+
+
+@dataclass(frozen=True)
 class DataParams:
     num_samples: int = 10000
     num_frames: int = 32
     image_size: int = 64
-    noise_std: float = 0.0
+    noise_std: float = 0.0  # Gaussian noise on the 3D positions (the target too), world units
+    pixel_noise_std: float = 0.0  # sensor noise: Gaussian, in uint8 levels, on every stored pixel
+    speed: float = 1.0  # scales how far each motion goes in its 33 frames (path length, sweep, climb)
+    cameras: CameraRigParams = field(default_factory=CameraRigParams)
     split: SplitParams = field(default_factory=SplitParams)
     shard_size: int = 1000  # samples per Arrow file
     workers: int = 0  # rendering processes; 0 = one per available core
 
     RUNTIME: ClassVar[tuple[str, ...]] = ("workers",)  # the files are byte-identical whatever their value
+    # Shifts of the scene (issue 19): a dataset card names them only where they differ from these
+    # defaults, so that the default dataset stays byte-identical to the one made before they existed.
+    SHIFTS: ClassVar[tuple[str, ...]] = ("pixel_noise_std", "speed", "cameras")
 
     def check(self, path: str) -> None:
         if self.num_samples <= 0 or self.num_samples % 4:
@@ -72,6 +96,13 @@ class DataParams:
             raise ParamsError(f"{path}.image_size={self.image_size} is not allowed: must be at least 32")
         if self.noise_std < 0:
             raise ParamsError(f"{path}.noise_std={self.noise_std} is not allowed: must be >= 0")
+        if not 0 <= self.pixel_noise_std <= 64:
+            raise ParamsError(f"{path}.pixel_noise_std={self.pixel_noise_std} is not allowed: must be in [0, 64] "
+                              "uint8 levels")
+        if not 0 < self.speed <= 1.5:
+            raise ParamsError(f"{path}.speed={self.speed} is not allowed: must be in (0, 1.5] (faster motions "
+                              "rarely fit in the cube)")
+        self.cameras.check(f"{path}.cameras")
         if self.workers < 0:
             raise ParamsError(f"{path}.workers={self.workers} is not allowed: must be >= 0 (0 = all cores)")
         self.split.check(f"{path}.split")
@@ -136,6 +167,36 @@ class HeadParams:
 
 
 @dataclass(frozen=True)
+class RobustnessParams:
+    """The shifted datasets a trained model (and the classical baseline) is scored on: each is the
+    default dataset's data params with a few changed, drawn with a data seed of its own, so that
+    none of its trajectories was seen in training (the `shift` and `robustness` stages)."""
+
+    seed: int = 4242
+    num_samples: int = 1000
+    shifts: dict = field(default_factory=dict)  # name -> the data params it changes (checked: `shifted_data`)
+
+    # What a shift may change: the scene, never what a model is built for (frames, size, classes).
+    SHIFTABLE: ClassVar[tuple[str, ...]] = ("noise_std", "pixel_noise_std", "speed", "cameras")
+    NAME: ClassVar[str] = r"[a-z][a-z0-9_]*"  # a directory name and a DVC param path: no dots
+
+    def check(self, path: str) -> None:
+        check_seed(f"{path}.seed", self.seed)
+        if self.num_samples <= 0 or self.num_samples % 4:
+            raise ParamsError(f"{path}.num_samples={self.num_samples} is not allowed: must be a positive multiple of 4")
+        for name, changes in self.shifts.items():
+            if not isinstance(name, str) or not re.fullmatch(self.NAME, name):
+                raise ParamsError(f"{path}.shifts: the name {name!r} is not allowed: use lower-case letters, digits "
+                                  "and underscores (it names a directory and a DVC param)")
+            if changes is not None and not isinstance(changes, dict):
+                raise ParamsError(f"{path}.shifts.{name}={changes!r} is not allowed: must map data params to values")
+            unknown = sorted(map(str, set(changes or {}) - set(self.SHIFTABLE)))
+            if unknown:
+                raise ParamsError(f"{path}.shifts.{name}.{unknown[0]} is not allowed: a shift may change only "
+                                  f"{', '.join(self.SHIFTABLE)}")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     data: DataParams = field(default_factory=DataParams)
@@ -143,6 +204,21 @@ class Params:
     models: dict = field(default_factory=dict)  # backbone name -> its raw block (checked when built)
     head: HeadParams = field(default_factory=HeadParams)
     train: TrainParams = field(default_factory=TrainParams)
+    robustness: RobustnessParams = field(default_factory=RobustnessParams)
+
+    def shifted_data(self, name: str) -> tuple[int, DataParams]:
+        """The data seed and data params of shift `name`: the default dataset's, with
+        robustness.num_samples samples and the shift's changes (cameras merged key by key)."""
+        if name not in self.robustness.shifts:
+            raise ParamsError(f"unknown shift {name!r}; robustness.shifts has: {', '.join(self.robustness.shifts)}")
+        changes = dict(self.robustness.shifts[name] or {})
+        values = dataclasses.asdict(self.data)
+        cameras = changes.pop("cameras", None) or {}
+        if not isinstance(cameras, dict):
+            raise ParamsError(f"robustness.shifts.{name}.cameras={cameras!r} is not allowed: must map "
+                              f"{', '.join(f.name for f in dataclasses.fields(CameraRigParams))} to values")
+        values.update(changes, num_samples=self.robustness.num_samples, cameras={**values["cameras"], **cameras})
+        return self.robustness.seed, from_dict(DataParams, values, f"robustness.shifts.{name}")
 
     @property
     def backbone_sizes(self) -> dict:
@@ -193,6 +269,12 @@ def _coerce(path: str, value: Any, kind: Any) -> Any:
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
             raise ParamsError(f"{path}={value!r} is not allowed: must be a list of {length} integers")
         return tuple(value)
+    if kind is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ParamsError(f"{path}={value!r} is not allowed: must be a mapping")
+        return dict(value)
     if kind is bool:
         if not isinstance(value, bool):
             raise ParamsError(f"{path}={value!r} is not allowed: must be true or false")
@@ -235,7 +317,7 @@ def parse(raw: Any) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml must be a mapping of keys to values")
     raw = dict(raw)
-    top = {"seed", "data", "model", "models", "head", "train"}
+    top = {"seed", "data", "model", "models", "head", "train", "robustness"}
     unknown = sorted(map(str, set(raw) - top))
     if unknown:
         raise ParamsError(f"unknown key {unknown[0]!r} in params.yaml; allowed top-level keys: {', '.join(sorted(top))}")
@@ -248,14 +330,18 @@ def parse(raw: Any) -> Params:
         if block is not None and not isinstance(block, dict):
             raise ParamsError(f"models.{name}={block!r} is not allowed: must be a mapping of size keys to values")
     seed = check_seed("seed", _coerce("seed", raw.get("seed", 42), int))
-    return Params(
+    params = Params(
         seed=seed,
         data=from_dict(DataParams, raw.get("data"), "data"),
         model=model,
         models={name: dict(block or {}) for name, block in blocks.items()},
         head=from_dict(HeadParams, raw.get("head"), "head"),
         train=from_dict(TrainParams, raw.get("train"), "train"),
+        robustness=from_dict(RobustnessParams, raw.get("robustness"), "robustness"),
     )
+    for name in params.robustness.shifts:  # every shifted set's data params, checked now, not when it is made
+        params.shifted_data(name)
+    return params
 
 
 def load(path: str | Path = "params.yaml") -> Params:

@@ -33,6 +33,7 @@ from trajvid.errors import TrajvidError, first_line
 CODEC = "zstd"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
+ALL = "all"  # not a split: every sample of a dataset (open_split)
 CHECKSUMS = "SHA256SUMS"  # beside the card: "<sha256>  data/<shard>.arrow" per line
 RESTORE = "restore it with `dvc checkout --force data/trajectories` (or `dvc pull --force`), or regenerate it with `dvc repro generate`"
 
@@ -149,8 +150,10 @@ def verify_shards(root: Path, files: list[Path]) -> None:
 
 
 def _split_files(root: Path, split: str) -> list[Path]:
+    if split == ALL:
+        return [path for name in SPLITS for path in _split_files(root, name)]
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}, {ALL}")
     files = sorted((root / "data").glob(f"{split}-*.arrow"))
     if not files:
         raise MissingDataError(
@@ -260,7 +263,9 @@ class TrajectorySplit(torch.utils.data.Dataset):
 
 
 def open_split(root: str | Path, split: str, verify: bool = True) -> TrajectorySplit:
-    """The split `split` of the dataset at `root`, decoded lazily on access (docs/data.md, "Python API").
+    """The split `split` of the dataset at `root`, decoded lazily on access (docs/data.md, "Python API");
+    `split="all"`: every sample, train, validation and test in that order (a shifted set's samples
+    are all unseen: `trajvid robustness`).
 
     With `verify` (the default) its shards are checked against the dataset's SHA256SUMS first."""
     return TrajectorySplit(root, split, verify)

@@ -10,8 +10,10 @@ for the model they scored):
                        params, model size and md5, GFLOP per sample, and the SHA-256 of the files below
   metrics.json         the run's metrics/metrics.json
   curves.json          DVCLive's per-epoch series ({"val/accuracy": [[epoch, value], ...], ...})
-  predictions.parquet  the scored split, one row per sample (evaluate.PREDICTION_COLUMNS)
+  predictions.parquet  the scored split, one row per sample (inference.PREDICTION_COLUMNS)
   baseline.json        the classical baseline's metrics/baseline.json, when it scored the same data
+  robustness.json      the run's metrics/robustness.json (the model on every shifted set, the baseline
+                       beside it), when its dvc.lock vouches for it and it scored the same model
 
 Models stay in DVC (cache or remote), named by their md5 in run.json; never in git. A record is
 named `<backbone>-<head>-<precision>-seed<train seed>-<model md5[:8]>`: the same run collected
@@ -41,7 +43,7 @@ from trajvid.tools.git import default_revisions, git, resolve
 RECORDS = Path("results") / "runs"
 FORMAT = 1
 FILES = ("metrics.json", "curves.json", "predictions.parquet")  # every record has these; baseline.json optional
-OPTIONAL = ("baseline.json",)
+OPTIONAL = ("baseline.json", "robustness.json")
 RUN_KEYS = ("format", "name", "source", "backbone", "head", "train_seed", "data_seed", "data_fingerprint",
             "code_fingerprint", "config_fingerprint", "git_revision", "device", "processes", "threads",
             "mixed_precision", "train_time_s", "samples_per_s", "epochs", "params", "parameters",
@@ -58,8 +60,9 @@ class Record:
     run: dict  # run.json
     metrics: dict
     curves: dict
-    predictions: dict[str, np.ndarray]  # evaluate.PREDICTION_COLUMNS, sorted by sample_id
+    predictions: dict[str, np.ndarray]  # inference.PREDICTION_COLUMNS, sorted by sample_id
     baseline: dict | None = None
+    robustness: dict | None = None  # metrics/robustness.json
 
 
 # -- reading a run from a revision or the workspace ------------------------------------------------
@@ -190,7 +193,7 @@ def _curves(source: _Source) -> dict:
 def _predictions(data: bytes) -> dict[str, np.ndarray]:
     import pyarrow.parquet as pq
 
-    from trajvid.evaluate import PREDICTION_COLUMNS
+    from trajvid.inference import PREDICTION_COLUMNS
 
     table = pq.read_table(io.BytesIO(data), use_threads=False)  # (a reader thread alive at exit aborts the process)
     missing = [c for c in PREDICTION_COLUMNS if c not in table.column_names]
@@ -249,6 +252,7 @@ def record_of(root: Path, name: str, ref: str | None) -> tuple[Record | None, st
                       "were written: rerun `dvc repro evaluate` there)")
     if baseline and (baseline.get("data") or {}).get("fingerprint") != data_fingerprint:
         baseline = None  # scored other data (or does not say): never beside this run
+    robustness = _robustness(source, found["lock"], found["model"]["md5"])
     train, model = metrics.get("train") or {}, metrics.get("model") or {}
     precision = train.get("mixed_precision") or (params.get("train") or {}).get("mixed_precision", "fp32")
     if ref is None:
@@ -293,7 +297,23 @@ def record_of(root: Path, name: str, ref: str | None) -> tuple[Record | None, st
         "scored_split": (metrics.get("data") or {}).get("split", "test"),
         "files": {},
     }
-    return Record(record_name, run, metrics, _curves(source), predictions, baseline), None
+    return Record(record_name, run, metrics, _curves(source), predictions, baseline, robustness), None
+
+
+def _robustness(source: _Source, lock: dict, model_md5: str) -> dict | None:
+    """metrics/robustness.json where the run's dvc.lock vouches for it and it scored the run's model."""
+    stage = (lock.get("stages") or {}).get("robustness")
+    data = source.read("metrics/robustness.json")
+    if not stage or data is None:
+        return None
+    written = _stage_files(stage, "outs").get("metrics/robustness.json") or {}
+    scored = _stage_files(stage, "deps").get("models/model.safetensors") or {}
+    if written.get("md5") != _md5(data) or scored.get("md5") != model_md5:
+        return None  # stale: of another model, or not what its lock recorded
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 # -- writing and reading records -----------------------------------------------------------------
@@ -307,6 +327,8 @@ def _record_files(record: Record, predictions_bytes: bytes) -> dict[str, bytes]:
     }
     if record.baseline is not None:
         files["baseline.json"] = (json.dumps(record.baseline, indent=2) + "\n").encode()
+    if record.robustness is not None:
+        files["robustness.json"] = (json.dumps(record.robustness, indent=2) + "\n").encode()
     record.run["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     files["run.json"] = (json.dumps(record.run, indent=2, sort_keys=True) + "\n").encode()
     return files
@@ -408,8 +430,9 @@ def load_record(folder: Path) -> Record:
     except Exception as error:  # a parquet reader's many errors: a damaged file whose checksum was forged
         raise RecordError(f"{where}: predictions.parquet is unreadable ({error})") from None
     baseline = json.loads(contents["baseline.json"]) if "baseline.json" in contents else None
+    robustness = json.loads(contents["robustness.json"]) if "robustness.json" in contents else None
     return Record(run["name"], run, json.loads(contents["metrics.json"]), json.loads(contents["curves.json"]),
-                  predictions, baseline)
+                  predictions, baseline, robustness)
 
 
 def load_records(root: Path | str = ".", records: Path | str | None = None) -> list[Record]:

@@ -462,12 +462,62 @@ def chart_time_tradeoff(plt, section: Section, colors):
 # -- the report ---------------------------------------------------------------------------------
 
 
+ROBUSTNESS_NOTE = ("Each shifted set holds `robustness.num_samples` new samples (data seed `robustness.seed` of params.yaml, none of "
+                   "them seen in training) with the data params of its shift changed (`robustness.shifts`); "
+                   "every sample of a set is scored. A cell is the mean over the configuration's seeds; "
+                   "no interval (the records keep per-sample predictions of the test split only).")
+
+
+def robustness_table(section: Section) -> tuple[list[str], list[list[str]]] | None:
+    """Shift x model: accuracy / next RMSE per coordinate on every shifted set (metrics/robustness.json
+    of the records that have it; the mean over a configuration's seeds), the in-distribution test
+    figure first, the baseline and copy-last on the same shifted samples last. A shift is a column
+    per shifted dataset (name and fingerprint): sets of other params never share one. None when
+    no run of the section has robustness figures."""
+    columns: dict[tuple[str, str], dict] = {}  # (shift, data fingerprint) -> one run's figures for it
+    for c in section.configurations:
+        for r in c.runs:
+            for name, shift in ((r.robustness or {}).get("shifts") or {}).items():
+                columns.setdefault((name, shift["data"]["fingerprint"]), shift)
+    if not columns:
+        return None
+    ambiguous = {name for name, _ in columns if sum(n == name for n, _ in columns) > 1}
+    header = ["configuration", "seeds", "in distribution (test)"] + [
+        f"{name} ({fp[:8]})" if name in ambiguous else name for name, fp in columns]
+
+    def cell(figures: list[dict]) -> str:
+        if not figures:
+            return "-"
+        return f"{np.mean([f['accuracy'] for f in figures]):.3f} / {np.mean([f['position_rmse'] for f in figures]):.5f}"
+
+    rows = []
+    for c in section.configurations:
+        scored = [r for r in c.runs if r.robustness]
+        if not scored:
+            continue
+        row = [c.label, ", ".join(str(r.run["train_seed"]) for r in scored),
+               f"{stats.point(c.quantities, 'accuracy'):.3f} / {stats.point(c.quantities, 'next_rmse'):.5f}"]
+        for name, fp in columns:
+            row.append(cell([r.robustness["shifts"][name]["model"] for r in scored
+                             if (r.robustness["shifts"].get(name) or {}).get("data", {}).get("fingerprint") == fp]))
+        rows.append(row)
+    test = (section.baseline or {}).get("test")
+    rows.append(["classical baseline", "-", cell([test]) if test else "-"] + [cell([s["baseline"]]) for s in columns.values()])
+    rows.append(["copy the last visible position", "-", f"- / {stats.point([section.copy_last], 'next_rmse'):.5f}"]
+                + [f"- / {s['copy_last']['position_rmse']:.5f}" for s in columns.values()])
+    return header, rows
+
+
 def render(sections_: list[Section], notes: list[str], heading: int = 2) -> str:
     """The tables of every section as markdown (what comparison.md and docs/results.md hold)."""
     h = "#" * heading
     parts = []
     for s in sections_:
         parts += [f"{h} {section_title(s)}", "", f"{h}# By configuration", "", markdown_table(*configuration_table(s)), ""]
+        shifted = robustness_table(s)
+        if shifted:
+            parts += [f"{h}# Robustness: accuracy / next RMSE per coordinate on shifted data", "", ROBUSTNESS_NOTE, "",
+                      markdown_table(*shifted), ""]
         if len(s.configurations) > 1:
             parts += [f"{h}# Paired differences", "", markdown_table(*difference_table(s)), ""]
         parts += [f"{h}# Every run", "", markdown_table(*run_table(s)), ""]
@@ -559,6 +609,9 @@ def report(root: Path | str = ".", names: list[str] | None = None, out: Path | s
     blocks = []
     for s in parts:
         blocks.append(f"<h2>{html.escape(section_title(s))}</h2><h3>By configuration</h3>" + html_table(*configuration_table(s)))
+        shifted = robustness_table(s)
+        if shifted:
+            blocks.append(f"<h3>Robustness</h3><p>{html.escape(ROBUSTNESS_NOTE)}</p>" + html_table(*shifted))
         if len(s.configurations) > 1:
             blocks.append("<h3>Paired differences</h3>" + html_table(*difference_table(s)))
         blocks.append("<h3>Every run</h3>" + html_table(*run_table(s)))
