@@ -267,6 +267,9 @@ def share_and_report_elsewhere(repo, tmp_path, live_report: str, experiments: se
     assert run(["trajvid", "collect"], repo).stdout.count(" unchanged") == len(experiments) + 1  # safe to rerun
     records = sorted(p.name for p in (repo / "results" / "runs").iterdir())
     assert len(records) == len(experiments)
+    for name in records:  # each with the robustness stage's figures of its own model
+        shifted = json.loads((repo / "results" / "runs" / name / "robustness.json").read_text())
+        assert shifted["model"]["name"] == name.split("-")[0] and list(shifted["shifts"]) == ["faster"]
     # a workspace whose files are not what its dvc.lock ran is no run: one line, nothing written
     params_text, metrics_text = (repo / "params.yaml").read_text(), (repo / "metrics" / "metrics.json").read_text()
     for edit, needle in ((lambda: (repo / "params.yaml").write_text(params_text.replace("hidden: 256", "hidden: 128")),

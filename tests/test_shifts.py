@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
-from conftest import default_params, make_repo, run, tiny_params, write_params
+from conftest import default_params, run, tiny_params, write_params
 
 from trajvid.baseline import BACKGROUND, centroids, run_baseline, sphere_reach
 from trajvid.data import scene
 from trajvid.data.shards import open_split, read_metadata
-from trajvid.errors import ParamsError
+from trajvid.errors import ParamsError, TrajvidError
 from trajvid.generate import generate
 from trajvid.params import CameraRigParams, DataParams, parse
 
@@ -106,8 +106,14 @@ def test_shifts_may_change_only_the_scene_and_name_what_they_got_wrong():
     params["robustness"]["shifts"] = {"fast": {"speed": 9.0}}
     with pytest.raises(ParamsError, match=r"robustness.shifts.fast.speed=9.0 is not allowed"):
         parse(params)
-    seed, data = parse(tiny_params()).shifted_data("sensor_noise_2")
-    assert (seed, data.num_samples, data.pixel_noise_std, data.image_size) == (4242, 40, 2.0, 64)
+    params["robustness"]["shifts"] = {"moved": {"cameras": []}}
+    with pytest.raises(ParamsError, match=r"robustness.shifts.moved.cameras=\[\] is not allowed"):
+        parse(params)
+    params["robustness"].update({"shifts": {"fresh": {}}, "seed": params["seed"]})
+    with pytest.raises(ParamsError, match=r"robustness.seed=42 is not allowed: it is the data's seed"):
+        parse(params)
+    seed, data = parse(tiny_params()).shifted_data("faster")
+    assert (seed, data.num_samples, data.speed, data.pixel_noise_std, data.image_size) == (4242, 40, 1.5, 0.0, 64)
 
 
 def plain_centroids(video):
@@ -140,32 +146,56 @@ def test_the_robust_baseline_keeps_its_clean_figures_and_holds_under_sensor_nois
     assert noisy["accuracy"] >= 0.99 and noisy["position_rmse"] <= 2 * clean["position_rmse"], (clean, noisy)
 
 
-@pytest.mark.slow
-def test_the_robustness_stage_scores_every_shift_beside_the_baseline(tmp_path):
-    """`dvc repro` on tiny data with every shift of params.yaml: one shifted set and baseline per
-    shift, and metrics/robustness.json with the model, the baseline and copy-last on each."""
-    params = tiny_params(num_samples=40, epochs=1)
-    params["robustness"]["shifts"] = default_params()["robustness"]["shifts"]
-    repo = make_repo(tmp_path / "repo", params)
-    run(["dvc", "repro"], repo)
-    result = json.loads((repo / "metrics" / "robustness.json").read_text())
-    assert list(result["shifts"]) == list(params["robustness"]["shifts"])
+def test_the_robustness_stage_scores_every_shift_beside_the_baseline(tiny_dataset, tmp_path):
+    """The `shift` and `robustness` stages' commands (in process, on a tiny model) for every shift
+    of params.yaml: one shifted set and baseline per shift, and metrics/robustness.json with the
+    model, the baseline and copy-last on each; a stale baseline is refused before anything is
+    written. (The stages' DVC wiring runs in every pipeline test of test_pipeline.py, one shift.)"""
+    from trajvid.baseline import baseline
+    from trajvid.robustness import robustness
+    from trajvid.train import train
+
+    raw = tiny_params(num_samples=200, epochs=1)
+    raw["robustness"]["shifts"] = default_params()["robustness"]["shifts"]
+    params = parse(raw)
+    train(params, tiny_dataset, tmp_path / "models", live_dir=None, progress=False)
+    for name in params.robustness.shifts:
+        seed, data = params.shifted_data(name)
+        generate(seed, data, tmp_path / "robustness" / name, progress=False)
+        baseline(tmp_path / "robustness" / name, tmp_path / "baselines" / f"{name}.json", split="all")
+    out = tmp_path / "robustness.json"
+    result = robustness(params, tmp_path / "models", tmp_path / "robustness", tmp_path / "baselines", out)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert list(result["shifts"]) == list(raw["robustness"]["shifts"])
     assert result["model"] == {"name": "i3d", "head": "keypoints"}
     for name, shift in result["shifts"].items():
-        baseline = json.loads((repo / "metrics" / "robustness" / f"{name}.json").read_text())
-        assert shift["baseline"] == baseline["all"] and shift["copy_last"] == baseline["copy_last"]
-        assert shift["data"]["samples"] == 40 and shift["data"]["seed"] == 4242
+        baseline_figures = json.loads((tmp_path / "baselines" / f"{name}.json").read_text())
+        assert shift["baseline"] == baseline_figures["all"] and shift["copy_last"] == baseline_figures["copy_last"]
+        assert shift["data"]["samples"] == shift["model"]["samples"] == 40 and shift["data"]["seed"] == 4242
         assert 0 <= shift["model"]["accuracy"] <= 1 and math.isfinite(shift["model"]["position_rmse"])
         assert (shift["data"]["cameras_moved_by"] > 0) == (name == "moved_cameras")
-    noisy = open_split(repo / "data" / "robustness" / "sensor_noise_8", "all")
-    fresh = open_split(repo / "data" / "robustness" / "fresh_seed", "all")
+        assert shift["baseline"]["accuracy"] >= 0.95, (name, shift["baseline"])  # the yardstick holds on every shift
+    noisy = open_split(tmp_path / "robustness" / "sensor_noise_8", "all")
+    fresh = open_split(tmp_path / "robustness" / "fresh_seed", "all")
     np.testing.assert_array_equal(noisy.positions, fresh.positions)  # the same trajectories, other pixels
     assert not np.array_equal(noisy.video(0), fresh.video(0))
-    # the stage is up to date, and a stale baseline (of other data) is refused before anything is written
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
-    stale = repo / "metrics" / "robustness" / "faster.json"
-    stale.write_text((repo / "metrics" / "robustness" / "jitter.json").read_text())
-    before = (repo / "metrics" / "robustness.json").read_bytes()
-    failed = run(["trajvid", "robustness"], repo, check=False)
-    assert failed.returncode == 2 and "the baseline's figures for faster are of other data" in failed.stderr
-    assert (repo / "metrics" / "robustness.json").read_bytes() == before
+    # a baseline of other data (here: another shift's) is refused before anything is written
+    (tmp_path / "baselines" / "faster.json").write_text((tmp_path / "baselines" / "jitter.json").read_text())
+    before = out.read_bytes()
+    with pytest.raises(TrajvidError, match="the baseline's figures for faster are of other data"):
+        robustness(params, tmp_path / "models", tmp_path / "robustness", tmp_path / "baselines", out)
+    # so is a set made with other params than the shift's (its card says which), and a missing one
+    card = tmp_path / "robustness" / "jitter" / "README.md"
+    card.write_text(card.read_text().replace('"noise_std": 0.01', '"noise_std": 0.02'))
+    with pytest.raises(TrajvidError, match=r"robustness/jitter was made with other params than robustness.shifts.jitter"):
+        robustness(params, tmp_path / "models", tmp_path / "robustness", tmp_path / "baselines", out)
+    (tmp_path / "robustness" / "fresh_seed").rename(tmp_path / "elsewhere")
+    with pytest.raises(TrajvidError, match=r"make the shifted set again: `dvc repro shift@fresh_seed`"):
+        robustness(params, tmp_path / "models", tmp_path / "robustness", tmp_path / "baselines", out)
+    assert out.read_bytes() == before
+    # scoring every sample of the data the model was trained on is refused
+    with pytest.raises(TrajvidError, match="--split all would score its training samples"):
+        from trajvid.evaluate import evaluate
+
+        evaluate(tiny_dataset, tmp_path / "models", tmp_path / "metrics", split="all")
+    assert not (tmp_path / "metrics").exists()

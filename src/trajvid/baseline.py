@@ -79,8 +79,13 @@ def centroids(video: np.ndarray, reach: int = 4) -> np.ndarray:
     rows, cols = np.arange(H), np.arange(W)
     near_row = np.abs(rows - (peak // W)[..., None]) <= reach + 1  # (V, T, H)
     near_col = np.abs(cols - (peak % W)[..., None]) <= reach + 1  # (V, T, W)
-    weight = weight * near_row[..., :, None] * near_col[..., None, :]
+    window = near_row[..., :, None] * near_col[..., None, :]
+    weight = weight * window
     total = weight.sum((-1, -2))
+    faint = total == 0  # nothing above the threshold (a sphere faint in that view): the plain excess there
+    if faint.any():
+        weight[faint] = (np.clip(excess, 0, None) * window)[faint]
+        total = weight.sum((-1, -2))
     u = (weight.sum(-2) @ (cols + 0.5)) / total
     v = (weight.sum(-1) @ (rows + 0.5)) / total
     return np.stack([u, v], axis=-1)
@@ -132,6 +137,8 @@ def fit_motions(points: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
 def run_baseline(data_dir: str | Path, split: str = "test", cameras: dict | None = None) -> dict:
     """The baseline on one split (or "all": every sample), its figures under the split's name as in
     metrics.json, plus its own. `cameras` (K, R, t) default to the ones stored in the dataset."""
+    if split not in ("test", "validation", "all"):  # ("train" is its key for timings)
+        raise ValueError(f"split {split!r} is not allowed for the baseline: use test, validation or all")
     dataset = open_split(data_dir, split)
     cameras = cameras or read_metadata(data_dir)["cameras"]
     P = projection_matrices(cameras)  # (V, 3, 4)

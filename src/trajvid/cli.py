@@ -138,7 +138,7 @@ def generate(
     params = _load(params_file)
     seed, data = params.shifted_data(shift) if shift else (params.seed, params.data)
     out = out or (Path("data/robustness") / shift if shift else Path("data/trajectories"))
-    summary = run(seed, data, out, progress=_show_progress(progress))
+    summary = run(seed, data, out, progress=_show_progress(progress), where=f"robustness.shifts.{shift}" if shift else "data")
     counts = {split: sum(c.values()) for split, c in summary["splits"].items()}
     typer.echo(f"wrote {out}: {counts} in {len(summary['files'])} shards")
 
@@ -212,12 +212,14 @@ def robustness(
 @stage
 def baseline(
     data: Path = typer.Option(Path("data/trajectories"), help="Dataset directory."),
-    out: Path = typer.Option(Path("metrics/baseline.json"), help="Metrics file to write."),
+    out: Path = typer.Option(None, help="Metrics file to write [default: metrics/baseline.json, or "
+                                         "metrics/SPLIT/baseline.json for another split, beside the stage's own]."),
     split: str = typer.Option("test", help="test (the stage), validation, or all (every sample: a shifted set)."),
 ) -> None:
     """The classical yardstick on the test split: centroids, triangulation, per-class fits (stage `baseline`)."""
     if split not in ("test", "validation", "all"):
         _fail(f"--split {split!r} is not allowed: use test, validation or all")
+    out = out or (Path("metrics/baseline.json") if split == "test" else Path("metrics") / split / "baseline.json")
     from trajvid.baseline import baseline as run
 
     result = run(data, out, split)

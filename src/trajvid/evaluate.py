@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trajvid.contracts import camera_difference, check_meets, use_data_cameras
-from trajvid.data.shards import dataset_fingerprint, open_split, read_metadata
+from trajvid.contracts import ContractError, camera_difference, check_meets, use_data_cameras
+from trajvid.data.shards import ALL, dataset_fingerprint, open_split, read_card, read_metadata
 from trajvid.head.multitask import count_parameters
 from trajvid.inference import PREDICTION_COLUMNS, predict
 from trajvid.model_files import WEIGHTS, load_trained
@@ -41,6 +41,10 @@ def evaluate(data_dir: str | Path = "data/trajectories", model_dir: str | Path =
     model, config = load_trained(model_dir)
     meta = read_metadata(data_dir)
     check_meets(config, meta, f"the model in {model_dir}", str(data_dir))  # size and classes, before any output
+    if split == ALL and read_card(data_dir)[0] == config.get("data_seed"):
+        raise ContractError(f"{data_dir} was drawn with the data seed the model in {model_dir} was trained on "
+                            f"({config.get('data_seed')}): --split all would score its training samples; use --split "
+                            "test, or data of another seed")
     use_data_cameras(model, meta["cameras"])  # triangulate with the cameras that filmed this data
     metrics, confusion, table = predict(model, scored, num_workers=num_workers)
     figures = metrics.result()

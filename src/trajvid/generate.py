@@ -26,6 +26,7 @@ from trajvid.data.shards import (
     CHECKSUMS,
     SPLITS,
     arrow_schema,
+    card_params,
     checksum_lines,
     compress_video,
     record_batch,
@@ -41,7 +42,7 @@ CHUNK = 32  # samples rendered per task: 32 x 1.5 MB of frames per worker buffer
 SPLIT_STREAM = 0x5EED5  # distinguishes the split's random stream from every sample's
 
 
-def stratified_split(seed: int, data: DataParams) -> dict[str, np.ndarray]:
+def stratified_split(seed: int, data: DataParams, where: str = "data") -> dict[str, np.ndarray]:
     """Sample ids of each split: the same fractions of every class, shuffled by the seed, sorted."""
     rng = np.random.default_rng([seed, SPLIT_STREAM])
     fractions = asdict(data.split)
@@ -55,7 +56,7 @@ def stratified_split(seed: int, data: DataParams) -> dict[str, np.ndarray]:
         for name, count in counts.items():
             if count <= 0:
                 raise ParamsError(
-                    f"data.num_samples={data.num_samples} leaves the {name} split without a "
+                    f"{where}.num_samples={data.num_samples} leaves the {name} split without a "
                     f"{scene.CLASS_NAMES[label]} sample; use more samples or a larger data.split.{name}"
                 )
         parts["train"].append(ids[:n_train])
@@ -113,12 +114,13 @@ def _worker_main(conn, init_args: tuple, other_ends: list) -> None:
 # -- parent side --------------------------------------------------------------------------------
 
 
-def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True) -> dict:
-    """Write the dataset to `out` (replacing it only once complete). Returns a summary."""
-    data.check("data")
-    scene.check_rig(data.image_size, data.cameras)
+def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True, where: str = "data") -> dict:
+    """Write the dataset to `out` (replacing it only once complete). Returns a summary. `where`
+    names the params in errors (`robustness.shifts.<name>` for a shifted set)."""
+    data.check(where)
+    scene.check_rig(data.image_size, data.cameras, f"{where}.cameras")
     out = Path(out)
-    splits = stratified_split(seed, data)
+    splits = stratified_split(seed, data, where)
     video_shape = (scene.NUM_CAMERAS, data.num_frames, data.image_size, data.image_size, 3)
     cameras = scene.cameras_metadata(data.image_size, data.cameras)
     schema = arrow_schema(video_shape, data.num_frames + 1, cameras)
@@ -134,8 +136,9 @@ def generate(seed: int, data: DataParams, out: str | Path, progress: bool = True
             tasks.extend(chunks)
 
     needed = BYTES_PER_SAMPLE * data.num_samples * (data.num_frames / 32) * (data.image_size / 64) ** 2
-    if data.pixel_noise_std > 0:  # noise does not compress: up to the raw frames (~0.5 of them measured at 2 levels)
-        needed = data.num_samples * math.prod(video_shape)    # `out` is replaced only once everything is written; a full disk or a signal leaves it as it was
+    if data.pixel_noise_std > 0:  # noise does not compress: ~0.5 of the raw frames at 2 levels, ~0.65 at 8
+        needed = data.num_samples * math.prod(video_shape)
+    # `out` is replaced only once everything is written; a full disk or a signal leaves it as it was
     with writing("the dataset", out, needed), atomic_directory(out) as tmp:
         (tmp / "data").mkdir()
         workers = data.workers or available_cores()
@@ -232,15 +235,6 @@ class _Workers:
             conn.close()
         for process, _ in self.workers:
             process.join()
-
-
-def card_params(data: DataParams) -> dict:
-    """The data params a dataset card states: everything that determines the files (`workers` does
-    not), the scene's shifts only where they are not the default (the default card's text, and
-    so the default dataset's bytes, are those of the code before the shifts existed)."""
-    values = {k: v for k, v in asdict(data).items() if k not in DataParams.RUNTIME}
-    defaults = asdict(DataParams())
-    return {k: v for k, v in values.items() if k not in DataParams.SHIFTS or v != defaults[k]}
 
 
 def dataset_card(summary: dict, video_shape: tuple, cameras: dict) -> str:
@@ -342,7 +336,8 @@ def _card_scene(data: dict, cameras: dict) -> str:
     shifts = ""
     if data.get("speed", 1.0) != 1.0:
         shifts += (f"\nEvery motion goes {data['speed']:g} times as far in its frames as in the default dataset "
-                   "(path length, sweep and climb multiplied; a draw that leaves the cube is drawn again).\n")
+                   "(path length, sweep, climb and horizontal length multiplied; a draw that leaves the cube is "
+                   "drawn again).\n")
     if data.get("pixel_noise_std", 0.0) > 0:
         shifts += (f"\nSensor noise: Gaussian of standard deviation {data['pixel_noise_std']:g} uint8 levels added to "
                    "every stored pixel (rounded, clipped to 0..255).\n")

@@ -96,8 +96,8 @@ class DataParams:
             raise ParamsError(f"{path}.image_size={self.image_size} is not allowed: must be at least 32")
         if self.noise_std < 0:
             raise ParamsError(f"{path}.noise_std={self.noise_std} is not allowed: must be >= 0")
-        if not 0 <= self.pixel_noise_std <= 64:
-            raise ParamsError(f"{path}.pixel_noise_std={self.pixel_noise_std} is not allowed: must be in [0, 64] "
+        if not 0 <= self.pixel_noise_std <= 16:  # beyond, noise clipped at 0 on the dark background is no longer Gaussian
+            raise ParamsError(f"{path}.pixel_noise_std={self.pixel_noise_std} is not allowed: must be in [0, 16] "
                               "uint8 levels")
         if not 0 < self.speed <= 1.5:
             raise ParamsError(f"{path}.speed={self.speed} is not allowed: must be in (0, 1.5] (faster motions "
@@ -213,7 +213,8 @@ class Params:
             raise ParamsError(f"unknown shift {name!r}; robustness.shifts has: {', '.join(self.robustness.shifts)}")
         changes = dict(self.robustness.shifts[name] or {})
         values = dataclasses.asdict(self.data)
-        cameras = changes.pop("cameras", None) or {}
+        cameras = changes.pop("cameras", None)
+        cameras = {} if cameras is None else cameras
         if not isinstance(cameras, dict):
             raise ParamsError(f"robustness.shifts.{name}.cameras={cameras!r} is not allowed: must map "
                               f"{', '.join(f.name for f in dataclasses.fields(CameraRigParams))} to values")
@@ -339,8 +340,11 @@ def parse(raw: Any) -> Params:
         train=from_dict(TrainParams, raw.get("train"), "train"),
         robustness=from_dict(RobustnessParams, raw.get("robustness"), "robustness"),
     )
-    for name in params.robustness.shifts:  # every shifted set's data params, checked now, not when it is made
-        params.shifted_data(name)
+    if params.robustness.seed == params.seed:  # the shifted sets would hold the training's trajectories
+        raise ParamsError(f"robustness.seed={params.robustness.seed} is not allowed: it is the data's seed, so the "
+                          "shifted sets would hold the trajectories trained on; use another seed")
+    for name in params.robustness.shifts:  # every shifted set's data params (whether its rig sees the
+        params.shifted_data(name)  # whole cube is checked by `generate`, before it writes anything)
     return params
 
 

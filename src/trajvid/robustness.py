@@ -17,11 +17,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from trajvid.contracts import ContractError, camera_difference, check_meets, use_data_cameras
-from trajvid.data.scene import cameras_metadata
-from trajvid.data.shards import ALL, dataset_fingerprint, open_split, read_metadata
+from trajvid.data.shards import (
+    ALL,
+    DamagedDataError,
+    MissingDataError,
+    card_params,
+    dataset_fingerprint,
+    open_split,
+    read_card,
+    read_metadata,
+)
 from trajvid.errors import TrajvidError
 from trajvid.inference import predict
 from trajvid.model_files import load_trained
@@ -34,13 +40,14 @@ class StaleShiftError(TrajvidError):
     """A shifted set that is not the one params.yaml describes, or a baseline of other data."""
 
 
-def check_shifted_set(params: Params, name: str, data_dir: Path, meta: dict, baseline: dict) -> None:
-    """The set at `data_dir` must have the shift's cameras and size, and `baseline` must have scored it."""
+def check_shifted_set(params: Params, name: str, data_dir: Path, baseline: dict) -> None:
+    """The set at `data_dir` must be the one params.yaml describes (its card states its seed and
+    data params), and `baseline` must have scored it."""
     remedy = f"regenerate it: `dvc repro shift@{name}` (or `trajvid generate --shift {name}`)"
-    _, data = params.shifted_data(name)
-    expected = cameras_metadata(data.image_size, data.cameras)
-    if any(not np.allclose(np.asarray(expected[k]), np.asarray(meta["cameras"][k]), atol=1e-9) for k in ("K", "R", "t")):
-        raise StaleShiftError(f"{data_dir} was filmed by other cameras than robustness.shifts.{name} gives; {remedy}")
+    seed, data = params.shifted_data(name)
+    if read_card(data_dir) != (seed, json.loads(json.dumps(card_params(data)))):
+        raise StaleShiftError(f"{data_dir} was made with other params than robustness.shifts.{name} (and "
+                              f"robustness.seed, robustness.num_samples) give; {remedy}")
     if baseline.get("data", {}).get("fingerprint") != dataset_fingerprint(data_dir):
         raise StaleShiftError(f"the baseline's figures for {name} are of other data than {data_dir}; {remedy}")
 
@@ -49,20 +56,30 @@ def robustness(params: Params, model_dir: str | Path = "models", data_root: str 
                baselines: str | Path = "metrics/robustness", out: str | Path = "metrics/robustness.json") -> dict:
     """Score the model of `model_dir` on every shift; every set and baseline is checked before
     anything is scored, and `out` is written whole or not at all."""
+    if not params.robustness.shifts:  # (dvc.yaml's foreach needs one too)
+        raise ContractError("robustness.shifts is empty: there is no shifted set to score; name at least one "
+                            "(fresh_seed: {} changes nothing)")
     set_threads(params.train.threads)
     data_root, baselines = Path(data_root), Path(baselines)
     model, config = load_trained(model_dir)
+    if config.get("data_seed") == params.robustness.seed:
+        raise ContractError(f"the model in {model_dir} was trained on data of seed {config['data_seed']}, the shifted "
+                            "sets' robustness.seed: they would hold its training trajectories; use another robustness.seed")
     shifts = {}
     for name in params.robustness.shifts:  # check everything first: no half-scored file
         data_dir, baseline_file = data_root / name, baselines / f"{name}.json"
-        scored = open_split(data_dir, ALL)
-        meta = read_metadata(data_dir)
+        try:
+            scored = open_split(data_dir, ALL)
+            meta = read_metadata(data_dir)
+        except (MissingDataError, DamagedDataError) as error:
+            raise StaleShiftError(f"{str(error).split(';')[0]}; make the shifted set again: `dvc repro shift@{name}` "
+                                  "(or `dvc checkout` / `dvc pull` it)") from None
         check_meets(config, meta, f"the model in {model_dir}", str(data_dir))
         try:
             baseline = json.loads(baseline_file.read_text())
         except (OSError, ValueError):
             raise ContractError(f"{baseline_file} is missing or unreadable; run `dvc repro shift@{name}`") from None
-        check_shifted_set(params, name, data_dir, meta, baseline)
+        check_shifted_set(params, name, data_dir, baseline)
         shifts[name] = (data_dir, scored, meta, baseline)
     result = {"model": {"name": config["backbone"], "head": config["head"]["type"]}, "shifts": {}}
     for name, (data_dir, scored, meta, baseline) in shifts.items():

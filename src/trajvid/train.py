@@ -37,7 +37,7 @@ from tqdm import tqdm
 from trajvid import checkpoint
 from trajvid.backbones import module_name
 from trajvid.backbones.base import backbone_config, sizes_block
-from trajvid.data.shards import dataset_fingerprint, open_split, read_metadata
+from trajvid.data.shards import dataset_fingerprint, open_split, read_card, read_metadata
 from trajvid.errors import TrajvidError
 from trajvid.head.multitask import (
     LossWeights,
@@ -213,7 +213,7 @@ def setup(params: Params, data_dir: Path, out_dir: Path, live_dir: str | Path | 
                       "cameras": data_meta["cameras"]},
             "train": {**dataclasses.asdict(cfg), "learning_rate": learning_rate, "warmup_epochs": warmup_epochs},
             "seed": cfg.seed,  # the training's (what `trajvid report` aggregates over)
-            "data_seed": params.seed,
+            "data_seed": read_card(data_dir)[0],  # the seed the data was drawn with, as its card says
             "fingerprint": config_id,
         },
     )

@@ -162,6 +162,27 @@ def _split_files(root: Path, split: str) -> list[Path]:
     return files
 
 
+def card_params(data) -> dict:
+    """The data params a dataset card states (`data`: a DataParams): everything that determines the
+    files (`workers` does not), the scene's shifts only where they are not the default (the default
+    card's text, and so the default dataset's bytes, are those of the code before the shifts existed)."""
+    from dataclasses import asdict
+
+    values = {k: v for k, v in asdict(data).items() if k not in type(data).RUNTIME}
+    defaults = asdict(type(data)())
+    return {k: v for k, v in values.items() if k not in type(data).SHIFTS or v != defaults[k]}
+
+
+def read_card(root: str | Path) -> tuple[int | None, dict | None]:
+    """The data seed and data params a dataset's card states ((None, None) where it does not say)."""
+    try:
+        text = (Path(root) / "README.md").read_text()
+        seed = int(text.split("with seed", 1)[1].split()[0])
+        return seed, json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
+    except (OSError, IndexError, ValueError):
+        return None, None
+
+
 def read_metadata(root: str | Path) -> dict:
     """trajvid's facts about a generated dataset (video shape, class names, cameras)."""
     first = _split_files(Path(root), "train")[0]

@@ -348,7 +348,8 @@ def write_record(record: Record, predictions_bytes: bytes, out: Path) -> str:
             path = target / name
             if not path.is_file() or path.read_bytes() != data:
                 raise RecordError(f"run record {target} exists with another {name} than {record.run['source']}'s "
-                                  "(the same model scored by other code?); delete the folder to record it anew")
+                                  "(the same model scored again: by other code, or on other shifted sets); delete "
+                                  "the folder to record it anew")
         return "unchanged"
     with atomic_directory(target) as tmp:
         for name, data in files.items():

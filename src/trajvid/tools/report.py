@@ -241,7 +241,7 @@ def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
                  _with_interval(stats.point([last], "next_distance"), stats.interval(section.copy_last_replicates["next_distance"]), ".5f"),
                  _fmt(stats.point([last], "next_euclidean_rmse"), ".5f"), "-", "0", "-", "-", "-"])
     if section.baseline:
-        test = section.baseline["test"]
+        test = section.baseline[section.split]
         per_class = test.get("per_class_accuracy") or {}
         worst = min((n for n in CLASS_NAMES if n in per_class), key=per_class.get, default=None)
         rows.append(["classical baseline (triangulate centroids + fit; no interval: no per-sample record)", "-",
@@ -376,8 +376,8 @@ def chart_accuracy_rmse(plt, section: Section, colors):
         ax.set_title(f"{title} (95 % CI)")
     right.axhline(stats.point([section.copy_last], "next_rmse"), color="r", ls=":", label="copy last position")
     if section.baseline:
-        left.axhline(section.baseline["test"]["accuracy"], color="k", ls="--", label="classical baseline")
-        right.axhline(section.baseline["test"]["position_rmse"], color="k", ls="--", label="classical baseline")
+        left.axhline(section.baseline[section.split]["accuracy"], color="k", ls="--", label="classical baseline")
+        right.axhline(section.baseline[section.split]["position_rmse"], color="k", ls="--", label="classical baseline")
     right.legend(fontsize=8)
     right.set_yscale("log")
     left.set_ylim(0, 1.02)
@@ -482,7 +482,7 @@ def robustness_table(section: Section) -> tuple[list[str], list[list[str]]] | No
     if not columns:
         return None
     ambiguous = {name for name, _ in columns if sum(n == name for n, _ in columns) > 1}
-    header = ["configuration", "seeds", "in distribution (test)"] + [
+    header = ["configuration", "seeds", f"in distribution ({section.split})"] + [
         f"{name} ({fp[:8]})" if name in ambiguous else name for name, fp in columns]
 
     def cell(figures: list[dict]) -> str:
@@ -492,16 +492,18 @@ def robustness_table(section: Section) -> tuple[list[str], list[list[str]]] | No
 
     rows = []
     for c in section.configurations:
-        scored = [r for r in c.runs if r.robustness]
+        scored = [(r, q) for r, q in zip(c.runs, c.quantities) if r.robustness]  # the same runs in every cell
         if not scored:
             continue
-        row = [c.label, ", ".join(str(r.run["train_seed"]) for r in scored),
-               f"{stats.point(c.quantities, 'accuracy'):.3f} / {stats.point(c.quantities, 'next_rmse'):.5f}"]
+        seeds = [q for _, q in scored]
+        row = [c.label, ", ".join(str(r.run["train_seed"]) for r, _ in scored),
+               f"{stats.point(seeds, 'accuracy'):.3f} / {stats.point(seeds, 'next_rmse'):.5f}"]
         for name, fp in columns:
-            row.append(cell([r.robustness["shifts"][name]["model"] for r in scored
-                             if (r.robustness["shifts"].get(name) or {}).get("data", {}).get("fingerprint") == fp]))
+            figures = [r.robustness["shifts"][name]["model"] for r, _ in scored
+                       if (r.robustness["shifts"].get(name) or {}).get("data", {}).get("fingerprint") == fp]
+            row.append(cell(figures) + ("" if len(figures) in (0, len(scored)) else f" (n={len(figures)})"))
         rows.append(row)
-    test = (section.baseline or {}).get("test")
+    test = (section.baseline or {}).get(section.split)
     rows.append(["classical baseline", "-", cell([test]) if test else "-"] + [cell([s["baseline"]]) for s in columns.values()])
     rows.append(["copy the last visible position", "-", f"- / {stats.point([section.copy_last], 'next_rmse'):.5f}"]
                 + [f"- / {s['copy_last']['position_rmse']:.5f}" for s in columns.values()])
@@ -538,8 +540,8 @@ def short_table(sections_: list[Section]) -> str:
         rows.append(["copy the last visible position", "-", "-",
                      _fmt(stats.point([s.copy_last], "next_rmse"), ".5f"), "0", s.data_fingerprint[:12]])
         if s.baseline:
-            rows.append(["classical baseline", "-", _fmt(s.baseline["test"]["accuracy"], ".4f"),
-                         _fmt(s.baseline["test"]["position_rmse"], ".5f"), "-", s.data_fingerprint[:12]])
+            rows.append(["classical baseline", "-", _fmt(s.baseline[s.split]["accuracy"], ".4f"),
+                         _fmt(s.baseline[s.split]["position_rmse"], ".5f"), "-", s.data_fingerprint[:12]])
     return markdown_table(["configuration", "seeds", "accuracy [95 % CI]", "next RMSE per coord. [95 % CI]",
                            "GFLOP/sample", "data"], rows)
 
