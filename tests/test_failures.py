@@ -434,7 +434,7 @@ def test_generate_stopped_early_does_not_wait_for_its_workers(tmp_path):
     tasks = [list(range(i, i + 32)) for i in range(0, 384, 32)]
     started = time.monotonic()
     with pytest.raises(OSError, match="disk full"):
-        with _Workers(2, (0, data.num_frames, data.image_size, 0.0)) as pool:
+        with _Workers(2, (0, data)) as pool:
             for _ in pool.map(tasks):
                 time.sleep(0.2)  # the workers run ahead and block sending their ~230 KB results
                 raise OSError("disk full")
