@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import default_params, run, tiny_params, write_params
 
-from trajvid.baseline import BACKGROUND, centroids, run_baseline, sphere_reach
+from trajvid.baseline import BACKGROUND, centroids, run_baseline
 from trajvid.data import scene
 from trajvid.data.shards import open_split, read_metadata
 from trajvid.errors import ParamsError, TrajvidError
@@ -73,7 +73,7 @@ def test_a_moved_rig_films_the_motions_where_its_cameras_project_them(tmp_path):
     np.testing.assert_allclose(np.asarray(meta["cameras"]["R"]), R, atol=1e-9)
     for i in range(0, 40, 7):
         expected, _ = scene.to_pixels(moved.positions[i, :32].astype(np.float64), K, R, t)  # (T, C, 2)
-        found = centroids(moved.video(i), sphere_reach(meta["cameras"]))
+        found = centroids(moved.video(i), scene.sphere_reach(meta["cameras"]["K"], meta["cameras"]["t"]))
         assert np.abs(np.swapaxes(found, 0, 1) - expected).max() < 0.25  # pixels: the rendered sphere is there
     assert "radius\n6 at height 2.5, at azimuths 30, 120, 210 and 300 degrees" in (out / "README.md").read_text()
 

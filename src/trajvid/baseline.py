@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trajvid.data.scene import BACKGROUND, CLASS_NAMES, CUBE_HALF, SPHERE_RADIUS
+from trajvid.data.scene import BACKGROUND, CLASS_NAMES, sphere_reach
 from trajvid.data.shards import dataset_fingerprint, open_split, read_metadata
 from trajvid.head.geometry import projection_matrices, triangulate
 from trajvid.metrics import SplitMetrics
@@ -47,14 +47,6 @@ NOISE_FLOOR = 0.005
 
 THRESHOLD_SIGMAS = 4.0  # a pixel counts as sphere where it stands this many noise sigmas above the background
 MAD_TO_SIGMA = 1.4826  # the median absolute deviation of a Gaussian is 0.6745 sigma
-
-
-def sphere_reach(cameras: dict) -> int:
-    """Pixels either side of its centre that a sphere can cover in these cameras: the nearest a
-    point of the cube comes to a camera, and the one-pixel anti-aliased rim (data/scene.py)."""
-    focal = max(float(np.asarray(K)[0, 0]) for K in cameras["K"])
-    distance = min(float(np.linalg.norm(t)) for t in cameras["t"])  # |t| = the camera's distance from the origin
-    return math.ceil(focal * SPHERE_RADIUS / (distance - math.sqrt(3) * CUBE_HALF) + 0.5)
 
 
 def noise_sigma(video: np.ndarray) -> float:
@@ -142,7 +134,7 @@ def run_baseline(data_dir: str | Path, split: str = "test", cameras: dict | None
     dataset = open_split(data_dir, split)
     cameras = cameras or read_metadata(data_dir)["cameras"]
     P = projection_matrices(cameras)  # (V, 3, 4)
-    reach = sphere_reach(cameras)
+    reach = sphere_reach(cameras["K"], cameras["t"])  # the window round the sphere
     metrics, copy_last = SplitMetrics(), SplitMetrics()
     triangulation_sq, triangulated_frames = 0.0, 0
     start = time.perf_counter()

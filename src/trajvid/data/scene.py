@@ -93,12 +93,14 @@ def cameras_metadata(image_size: int = 64, rig: CameraRigParams = DEFAULT_RIG) -
     }
 
 
-def sphere_reach(image_size: int, rig: CameraRigParams = DEFAULT_RIG) -> int:
-    """Pixels either side of a sphere's centre pixel that its drawing may touch: the largest sphere
-    (the nearest a point of the cube can come to a camera) plus its one-pixel anti-aliased rim."""
-    focal = camera_matrices(image_size, rig)[0][0, 0, 0]
-    nearest = math.hypot(rig.distance, rig.height) - math.sqrt(3) * CUBE_HALF
-    return math.ceil(focal * SPHERE_RADIUS / nearest + 0.5)
+def sphere_reach(K: np.ndarray, t: np.ndarray) -> int:
+    """Pixels either side of a sphere's centre pixel that its drawing may touch, in the cameras of
+    intrinsics K (C, 3, 3) and translations t (C, 3): the largest sphere (the nearest a point of the
+    cube can come to a camera; |t| is a camera's distance from the origin) plus its one-pixel
+    anti-aliased rim. The renderer's window and the baseline's centroid window both use it."""
+    focal = float(np.max(np.asarray(K, dtype=np.float64)[:, 0, 0]))
+    distance = float(np.min(np.linalg.norm(np.asarray(t, dtype=np.float64), axis=-1)))
+    return math.ceil(focal * SPHERE_RADIUS / (distance - math.sqrt(3) * CUBE_HALF) + 0.5)
 
 
 def check_rig(image_size: int, rig: CameraRigParams, path: str = "data.cameras") -> None:
@@ -109,8 +111,9 @@ def check_rig(image_size: int, rig: CameraRigParams, path: str = "data.cameras")
         raise ParamsError(f"{what} puts the cameras inside the scene: their distance from the origin must exceed "
                           f"{math.sqrt(3) * CUBE_HALF + SPHERE_RADIUS:.2f}")
     corners = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64) * CUBE_HALF
-    uv, _ = to_pixels(corners, *camera_matrices(image_size, rig))  # the cube's image is its corners' hull
-    reach = sphere_reach(image_size, rig)
+    K, R, t = camera_matrices(image_size, rig)
+    uv, _ = to_pixels(corners, K, R, t)  # the cube's image is its corners' hull
+    reach = sphere_reach(K, t)
     if np.floor(uv).min() - reach < 0 or np.floor(uv).max() + reach + 1 > image_size:
         raise ParamsError(f"{what} does not see the whole cube [-{CUBE_HALF}, {CUBE_HALF}]^3 in {image_size}-px "
                           "images; move the cameras back (distance) or widen the field of view (fov_deg)")
@@ -256,7 +259,7 @@ class Renderer:
         self._background = np.empty(0, dtype=np.uint8)  # background bytes, tiled to a window list's size
         # Each sphere is drawn in a square window of pixels reaching `reach` pixels either side of
         # the one holding its centre.
-        self.reach = sphere_reach(image_size, rig)
+        self.reach = sphere_reach(self.K, self.t)
         self.window = 2 * self.reach + 1
 
     def render(self, positions: np.ndarray) -> np.ndarray:
