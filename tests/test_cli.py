@@ -1,7 +1,15 @@
-"""The `trajvid` command on bad input: one line naming the value, exit 2, nothing written."""
+"""The `trajvid` command: bad input (one line naming the value, exit 2, nothing written) and whose code it runs."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from conftest import run, tiny_params, write_params
+from conftest import BIN, run, tiny_params, write_params
+
+import trajvid
 
 
 @pytest.mark.parametrize(
@@ -65,3 +73,22 @@ def test_bad_model_params_stop_training_before_any_work(tmp_path, edit, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("entry", ["script", "module"])
+def test_a_command_runs_the_code_of_the_repository_it_runs_in(tmp_path, entry):
+    """DVC's queue runs each experiment in a copy of the repository, while the editable install
+    imports the package of the checkout it was installed from: the copy's code must be what runs
+    (dvc.lock hashes the copy's files)."""
+    package = Path(trajvid.__file__).parent
+    shutil.copytree(package, tmp_path / "src" / "trajvid", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "src" / "trajvid" / "__init__.py", "a") as f:
+        f.write('\nprint("the copy\'s code", flush=True)\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRAJVID_WORKSPACE_CODE")}
+    command = [str(BIN / "trajvid")] if entry == "script" else [sys.executable, "-m", "trajvid"]
+    copy = subprocess.run([*command, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert copy.stdout.splitlines()[0] == "the copy's code"
+    (tmp_path / "elsewhere").mkdir()
+    elsewhere = subprocess.run([*command, "--help"], cwd=tmp_path / "elsewhere", env=env, capture_output=True,
+                               text=True, check=True)
+    assert "the copy's code" not in elsewhere.stdout and "Usage: trajvid" in elsewhere.stdout

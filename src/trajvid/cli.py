@@ -340,7 +340,29 @@ def explain(
                    f"px of the sphere: {shares} (area {result['chance_share']:.1%}); {result['seconds']:.1f} s")
 
 
-def main() -> None:  # `python -m trajvid`
+WORKSPACE_EXEC = "TRAJVID_WORKSPACE_CODE"  # the package a restarted command was started again with
+
+
+def _run_workspace_code() -> None:
+    """Run the code of the repository the command runs in, not the checkout trajvid was installed
+    from. `dvc exp run --queue` and `--temp` run each experiment in a copy of the repository
+    (.dvc/tmp/exps/...), but an editable install imports the package from the checkout it was
+    installed from: a queued experiment would run whatever that checkout's working tree holds when
+    each stage starts, while its dvc.lock records the hashes of the copy's files, a silent
+    mismatch. So where the working directory holds a trajvid package that is not the one imported,
+    the command starts again (same process, same arguments) with that package first on the path."""
+    import trajvid
+
+    here = Path.cwd() / "src" / "trajvid" / "__init__.py"
+    if not here.is_file() or here.samefile(trajvid.__file__) or os.environ.get(WORKSPACE_EXEC) == str(here):
+        return
+    path = os.pathsep.join(p for p in (str(here.parent.parent), os.environ.get("PYTHONPATH")) if p)
+    os.execve(sys.executable, [sys.executable, "-m", "trajvid", *sys.argv[1:]],
+              {**os.environ, "PYTHONPATH": path, WORKSPACE_EXEC: str(here)})
+
+
+def main() -> None:  # the `trajvid` command and `python -m trajvid`
+    _run_workspace_code()
     app(prog_name="trajvid")
 
 
