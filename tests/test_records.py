@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import default_params, run
+from conftest import STUDY_BACKBONES, default_params, run, write_params
 
 from trajvid.data.scene import CLASS_NAMES
 from trajvid.inference import PREDICTION_COLUMNS
 from trajvid.tools import stats
-from trajvid.tools.records import RUN_KEYS, Record, RecordError, load_records, write_record
+from trajvid.tools.records import RUN_KEYS, Record, RecordError, config_fingerprint, load_records, write_record
 from trajvid.tools.report import differences, report, sections
 
 N = 60  # test samples
@@ -262,3 +262,73 @@ def test_the_robustness_table_is_shift_by_model_from_the_records_that_have_it(tm
     victim.write_text(victim.read_text().replace("0.", "1.", 1))
     with pytest.raises(RecordError, match="robustness.json is damaged"):
         load_records(tmp_path)
+
+
+def study_record(backbone: str, head: str, seed: int, skill: float, code: str = "c" * 16,
+                 precision: str = "fp32") -> tuple[Record, bytes]:
+    """A record of the study's protocol (params.yaml with this backbone, head and seed), or, with
+    another precision, a record outside it."""
+    record, data = make_record(backbone, seed, skill, code=code)
+    params = record.run["params"]
+    params["head"]["type"], params["train"]["mixed_precision"] = head, precision
+    name = f"{backbone}-{head}-{precision}-seed{seed}-{code[:4]}{seed:04d}"
+    record.name = name
+    record.run.update({"name": name, "head": head, "mixed_precision": precision,
+                       "config_fingerprint": config_fingerprint(params)})
+    return record, data
+
+
+def test_the_answer_and_the_grid_are_the_study_cells_of_the_records(tmp_path):
+    """The study's block counts only runs of params.yaml's protocol, one configuration per cell
+    (most seeds first; other code named), and its sentences carry the figures and resolved/not
+    resolved verdicts of the paired differences the tables compute."""
+    write_params(tmp_path / "params.yaml", default_params())
+    out = tmp_path / "results" / "runs"
+    runs = [("i3d", "keypoints", 0, 3.0, "c" * 16), ("i3d", "keypoints", 1, 2.5, "c" * 16),
+            ("i3d", "keypoints", 2, 3.5, "c" * 16), ("i3d", "keypoints", 0, 3.0, "a" * 16),
+            ("magvit", "keypoints", 0, 1.5, "c" * 16), ("magvit", "keypoints", 1, 1.8, "c" * 16),
+            ("frame2d", "keypoints", 0, 1.0, "c" * 16), ("i3d", "pooled", 0, 2.0, "c" * 16)]
+    for backbone, head, seed, skill, code in runs:
+        write_record(*study_record(backbone, head, seed, skill, code), out)
+    write_record(*study_record("transformer", "keypoints", 0, 4.0, precision="bf16"), out)
+    report(tmp_path, replicates=300)
+    md = (tmp_path / "reports" / "comparison.md").read_text()
+    answer = md.split("## The answer so far", 1)[1].split("## The grid", 1)[0]
+    assert "**The grid**: 7 of 30 runs recorded" in answer  # i3d keypoints 3, magvit 2, frame2d 1, i3d pooled 1
+    grid = md.split("## The grid", 1)[1].split("## Both heads", 1)[0]
+    i3d = next(line for line in grid.splitlines() if line.startswith("| i3d |"))
+    assert "seeds 0, 1, 2 (complete); other code aaaaaa: seeds 0 | seeds 0 |" in i3d
+    assert "| slowfast | not run | not run |" in grid and "| frame2d (control) | seeds 0 | not run |" in grid
+    assert "| transformer | not run | not run |" in grid  # its bf16 run is not of the protocol
+    assert "does not count: transformer (keypoints, bf16)" in answer
+    [section] = sections(load_records(tmp_path), replicates=300)
+    label = {c.first["backbone"] + c.first["head"] + c.first["code_fingerprint"][:1]: c.label for c in section.configurations}
+    rows = {(d["a"], d["b"]): d for d in differences(section)}
+
+    def versus(a: str, b: str) -> tuple:  # the table's A − B for the study's cells a and b
+        if (label[a], label[b]) in rows:
+            return rows[(label[a], label[b])]["next_rmse"]
+        value, low, high, resolved = rows[(label[b], label[a])]["next_rmse"]
+        return -value, -high, -low, resolved
+
+    value, low, high, resolved = versus("magvitkeypointsc", "i3dkeypointsc")
+    assert value > 0  # i3d (the most skilled) is the keypoints head's best
+    assert "Lowest next-position error: **i3d**" in answer
+    assert f"magvit {section.configurations[[c.label for c in section.configurations].index(label['magvitkeypointsc'])].figure('next_rmse'):.5f} " \
+           f"({value:+.5f} [{low:+.5f}, {high:+.5f}], {'resolved' if resolved else 'not resolved'})" in answer
+    for backbone in ("i3d", "magvit"):
+        value, _, _, resolved = versus(f"{backbone}keypointsc", "frame2dkeypointsc")
+        verdict = "not resolved" if not resolved else "lower error, resolved" if value < 0 else "higher error, resolved"
+        clause = answer.split(f"{verdict}: ", 1)[1].split(";", 1)[0]
+        assert backbone in clause, (backbone, verdict, answer)
+    assert "pooled head**" in answer and "frame2d control is not run under this head yet" in answer
+    untouched = ", ".join(b for b in STUDY_BACKBONES if b not in {r[0] for r in runs})
+    others = ", ".join(b for b in STUDY_BACKBONES if b != "i3d")
+    missing = answer.split("not run yet: ", 1)[1]  # i3d's keypoints cell is complete, so not named
+    assert missing.startswith(f"under the keypoints head {untouched} (seeds 0, 1, 2), magvit (seed 2), ")
+    assert missing.startswith("frame2d (seeds 1, 2); under the pooled head ", len(untouched) + 60)
+    assert f"under the pooled head i3d (seeds 1, 2), {others} (seeds 0, 1, 2);" in missing
+    assert "Both heads" not in answer  # one network has both heads: no ranking to compare
+    heads = md.split("## Both heads", 1)[1].split("## By configuration", 1)[0]
+    value, low, high, resolved = versus("i3dpooledc", "i3dkeypointsc")
+    assert f"| {value:+.5f} [{low:+.5f}, {high:+.5f}] {'resolved' if resolved else 'not resolved'} |" in heads

@@ -1,0 +1,254 @@
+"""The study: every backbone (the frame2d control included) x head x training seed under the
+protocol of params.yaml, what of it is recorded, and the answer in plain words, all generated from
+the run records (what `trajvid report` shows first and `--publish` writes into docs/results.md and
+the README).
+
+The grid's networks are the backbones with a block in params.yaml's `models` (the registry's,
+in that order). A *cell* of the grid is a backbone and a head; its runs are those whose config fingerprint is the
+one params.yaml gives with `model` and `head.type` set to the cell's (tools/records.py: every
+param that changes the result but the training seed; `train.threads` and the other runtime keys
+left out), so a run of other data, precision, sizes, epochs or loss weights is not a run of the
+study, whatever its name. Within a cell, runs of different code (code fingerprint) are different
+configurations; the cell's figures are those of the configuration holding the most of the grid's
+seeds (ties: the one whose runs carry robustness scores, then by label), and the grid names the
+others. Every figure of the answer is one the tables beside it show (same replicates: tools/stats.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from trajvid.backbones import BACKBONES
+from trajvid.tools import stats
+from trajvid.tools.records import config_fingerprint
+
+HEADS = ("keypoints", "pooled")
+SEEDS = (0, 1, 2)
+CONTROL = "frame2d"  # a per-frame 2D network: no temporal mixing before the head
+
+
+def networks(params: dict) -> tuple[str, ...]:
+    """The study's backbones: those of the registry with a block in params.yaml's `models`."""
+    return tuple(name for name in (params.get("models") or {}) if name in BACKBONES)
+
+
+def protocol(params: dict) -> dict[str, tuple[str, str]]:
+    """config fingerprint -> (backbone, head) for every cell under `params` (params.yaml's contents)."""
+    out = {}
+    for backbone in networks(params):
+        for head in HEADS:
+            cell = copy.deepcopy(params)
+            cell["model"] = backbone
+            cell.setdefault("head", {})["type"] = head
+            out[config_fingerprint(cell)] = (backbone, head)
+    return out
+
+
+def _grid_seeds(c) -> list:
+    return sorted({s for s in c.seeds if s in SEEDS})
+
+
+@dataclass
+class Study:
+    section: object  # report.Section: the dataset the protocol's runs were scored on
+    cells: dict[tuple[str, str], list]  # (backbone, head) -> its configurations, the chosen one first
+    backbones: tuple[str, ...]  # the grid's networks (networks())
+
+    @property
+    def size(self) -> int:
+        return len(self.backbones) * len(HEADS) * len(SEEDS)
+
+    def chosen(self, backbone: str, head: str):
+        return (self.cells.get((backbone, head)) or [None])[0]
+
+    def missing(self) -> list[tuple[str, str, list[int]]]:
+        """(backbone, head, the grid's seeds its chosen configuration lacks) for every cell not complete."""
+        out = []
+        for backbone in self.backbones:
+            for head in HEADS:
+                c = self.chosen(backbone, head)
+                lacking = [s for s in SEEDS if c is None or s not in _grid_seeds(c)]
+                if lacking:
+                    out.append((backbone, head, lacking))
+        return out
+
+    def done(self) -> int:
+        return self.size - sum(len(lacking) for _, _, lacking in self.missing())
+
+
+def study_of(section, params: dict | None) -> Study | None:
+    """The study's cells among `section`'s configurations; None when none of them is one."""
+    if not params:
+        return None
+    cells_of = protocol(params)
+    cells: dict[tuple[str, str], list] = {}
+    for c in section.configurations:
+        cell = cells_of.get(c.first["config_fingerprint"])
+        if cell:
+            cells.setdefault(cell, []).append(c)
+    if not cells:
+        return None
+    for configurations in cells.values():
+        configurations.sort(key=lambda c: (-len(_grid_seeds(c)), not all(r.robustness for r in c.runs), c.label))
+    return Study(section, cells, networks(params))
+
+
+def _seeds(c) -> str:
+    return ", ".join(str(s) for s in c.seeds)
+
+
+def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
+    """Backbone x head: the training seeds recorded (the chosen configuration's, then any other code's)."""
+    rows = []
+    for backbone in study.backbones:
+        row = [backbone + (" (control)" if backbone == CONTROL else "")]
+        for head in HEADS:
+            configurations = study.cells.get((backbone, head)) or []
+            if not configurations:
+                row.append("not run")
+                continue
+            first, *others = configurations
+            text = f"seeds {_seeds(first)}" + (" (complete)" if _grid_seeds(first) == list(SEEDS) else "")
+            text += "".join(f"; other code {c.first['code_fingerprint'][:6]}: seeds {_seeds(c)}" for c in others)
+            row.append(text)
+        rows.append(row)
+    return ["backbone", *(f"{h} head" for h in HEADS)], rows
+
+
+def _difference(a, b, name: str) -> tuple[float, float, float, bool]:
+    low, high = stats.interval(a.replicates[name] - b.replicates[name])
+    return a.figure(name) - b.figure(name), low, high, bool(low > 0 or high < 0)
+
+
+def heads_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
+    """Per backbone with both heads: each head's next RMSE and the paired difference pooled − keypoints."""
+    rows = []
+    for backbone in study.backbones:
+        pair = [study.chosen(backbone, h) for h in HEADS]
+        if None in pair:
+            continue
+        keypoints, pooled = pair
+        value, low, high, resolved = _difference(pooled, keypoints, "next_rmse")
+        rows.append([backbone, *(f"{c.figure('next_rmse'):.5f} [{c.interval('next_rmse')[0]:.5f}, "
+                                 f"{c.interval('next_rmse')[1]:.5f}] (n={len(c.runs)})" for c in pair),
+                     f"{value:+.5f} [{low:+.5f}, {high:+.5f}] " + ("resolved" if resolved else "not resolved")])
+    if not rows:
+        return None
+    return ["backbone", "keypoints head: next RMSE [95 % CI]", "pooled head: next RMSE [95 % CI]",
+            "pooled − keypoints [95 % CI]"], rows
+
+
+def _order(configurations: list) -> list:
+    return sorted(configurations, key=lambda c: c.figure("next_rmse"))
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(items) if items else "none"
+
+
+def _head_paragraph(study: Study, head: str) -> str | None:
+    ran = {b: study.chosen(b, head) for b in study.backbones if study.chosen(b, head) is not None}
+    if not ran:
+        return None
+    ranked = _order(list(ran.values()))
+    best = ranked[0]
+    backbone_of = {id(c): b for b, c in ran.items()}
+    seeds = sorted({len(c.runs) for c in ranked})
+    n = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''} each" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds each"
+    text = [f"**{head} head** ({len(ranked)} of {len(study.backbones)} networks run, {n}). Lowest next-position error: "
+            f"**{backbone_of[id(best)]}**, RMSE per coordinate {best.figure('next_rmse'):.5f} "
+            f"[{best.interval('next_rmse')[0]:.5f}, {best.interval('next_rmse')[1]:.5f}]."]
+    if len(ranked) > 1:
+        gaps = []
+        for c in ranked[1:]:
+            value, low, high, resolved = _difference(c, best, "next_rmse")
+            gaps.append(f"{backbone_of[id(c)]} {c.figure('next_rmse'):.5f} ({value:+.5f} [{low:+.5f}, {high:+.5f}], "
+                        + ("resolved" if resolved else "not resolved") + ")")
+        text.append("The others, with their paired difference to it: " + "; ".join(gaps) + ".")
+    accuracy = min(c.figure("accuracy") for c in ranked)
+    text.append(f"Accuracy: {accuracy:.4f} or higher for every network run." if accuracy < 1
+                else "Accuracy: 1.0000 for every network run (every test sample classified correctly).")
+    control = ran.get(CONTROL)
+    if control is None:
+        text.append(f"The {CONTROL} control is not run under this head yet, so nothing here says whether seeing "
+                    "frames together helps.")
+    else:
+        better, worse, unresolved = [], [], []
+        for backbone, c in ran.items():
+            if backbone == CONTROL:
+                continue
+            value, _, _, resolved = _difference(c, control, "next_rmse")
+            (unresolved if not resolved else better if value < 0 else worse).append(backbone)
+        text.append(f"Against the {CONTROL} control (a per-frame 2D network that never sees two frames together; "
+                    f"next RMSE {control.figure('next_rmse'):.5f}): lower error, resolved: {_names(better)}; "
+                    f"higher error, resolved: {_names(worse)}; not resolved: {_names(unresolved)}.")
+    if head == "keypoints" and len(ranked) >= 2:
+        px = {backbone_of[id(c)]: c.keypoint_px() for c in ranked}
+        if all(np.isfinite(v) for v in px.values()):
+            same = [backbone_of[id(c)] for c in ranked] == sorted(px, key=px.get)
+            text.append("Their validation keypoint errors (px: " + ", ".join(f"{b} {v:.3f}" for b, v in px.items())
+                        + ") order them " + ("exactly as their next RMSE does: under this head the ranking is one of "
+                                             "2D keypoint localisation." if same else "differently from their next RMSE."))
+    section = study.section
+    copy_last = stats.point([section.copy_last], "next_rmse")
+    if section.baseline:
+        baseline = section.baseline[section.split]["position_rmse"]
+        text.append(f"For scale: the classical baseline (no learning) {baseline:.5f}, "
+                    f"{best.figure('next_rmse') / baseline:.0f} × lower than the best network; copying the last "
+                    f"position {copy_last:.5f}.")
+    else:
+        text.append(f"For scale: copying the last position {copy_last:.5f}.")
+    return " ".join(text)
+
+
+def _missing_text(study: Study) -> str:
+    """The cells not run, per head, the backbones lacking the same seeds together."""
+    missing, per_head = study.missing(), []
+    for head in HEADS:
+        lacking: dict[tuple, list[str]] = {}
+        for backbone, h, seeds in missing:
+            if h == head:
+                lacking.setdefault(tuple(seeds), []).append(backbone)
+        if not lacking:
+            continue
+        if list(lacking) == [SEEDS] and len(lacking[SEEDS]) == len(study.backbones):
+            per_head.append(f"under the {head} head every network")
+            continue
+        groups = [f"{', '.join(b)} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))})" for s, b in lacking.items()]
+        per_head.append(f"under the {head} head " + ", ".join(groups))
+    return "; ".join(per_head)
+
+
+def answer(study: Study) -> str:
+    """The answer and its limits in plain words, from the records alone (markdown paragraphs)."""
+    section = study.section
+    parts = [f"**The grid**: {study.done()} of {study.size} runs recorded ({len(study.backbones)} networks × {len(HEADS)} heads "
+             f"× training seeds {', '.join(map(str, SEEDS))}; data seed {section.data_seed}, "
+             f"{section.dataset_size} samples, {section.scored} {section.split} samples scored)."]
+    parts += [p for p in (_head_paragraph(study, h) for h in HEADS) if p]
+    both = [b for b in study.backbones if all(study.chosen(b, h) for h in HEADS)]
+    if len(both) >= 2:
+        orders = {h: [b for b in sorted(both, key=lambda b: study.chosen(b, h).figure("next_rmse"))] for h in HEADS}
+        parts.append("**Both heads**, on the networks run under both: " + "; ".join(
+            f"{h} orders them {' < '.join(o)}" for h, o in orders.items()) + (
+            ". The head does not change the order." if len(set(map(tuple, orders.values()))) == 1
+            else ". The readout changes the ranking: a ranking under one head is not an answer about the backbones alone."))
+    devices = sorted({f"{r.run['device']} ×{r.run['processes']}" for cs in study.cells.values() for c in cs[:1] for r in c.runs})
+    limits = [f"the runs' devices (device × processes): {_names(devices)}"]
+    if any(len(c.runs) == 1 for cs in study.cells.values() for c in cs[:1]):
+        limits.append("a configuration with one seed has an interval over test samples only, which says nothing "
+                      "about another training seed")
+    if study.missing():
+        limits.append("not run yet: " + _missing_text(study))
+    limits.append("one synthetic dataset with one camera rig; the shifted sets (Robustness) are the only test of "
+                  "anything else")
+    counted = {id(c) for cs in study.cells.values() for c in cs}
+    outside = [c.label for c in section.configurations if id(c) not in counted]
+    if outside:
+        limits.append("the tables below also show runs outside the protocol (params other than params.yaml's "
+                      f"with the grid's backbone, head and seed), which this answer does not count: {', '.join(outside)}")
+    parts.append("**Limits**: " + "; ".join(limits) + ".")
+    return "\n\n".join(parts)
