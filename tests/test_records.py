@@ -16,6 +16,7 @@ from conftest import STUDY_BACKBONES, default_params, run, write_params
 from trajvid.data.scene import CLASS_NAMES
 from trajvid.inference import PREDICTION_COLUMNS
 from trajvid.tools import stats
+from trajvid.tools.ensemble import ensemble_of_records
 from trajvid.tools.records import RUN_KEYS, Record, RecordError, config_fingerprint, load_records, write_record
 from trajvid.tools.report import differences, report, sections
 
@@ -268,14 +269,22 @@ def study_record(backbone: str, head: str, seed: int, skill: float, code: str = 
                  precision: str = "fp32") -> tuple[Record, bytes]:
     """A record of the study's protocol (params.yaml with this backbone, head and seed), or, with
     another precision, a record outside it."""
-    record, data = make_record(backbone, seed, skill, code=code)
+    record, _ = make_record(backbone, seed, skill, code=code)
     params = record.run["params"]
     params["head"]["type"], params["train"]["mixed_precision"] = head, precision
     name = f"{backbone}-{head}-{precision}-seed{seed}-{code[:4]}{seed:04d}"
     record.name = name
     record.run.update({"name": name, "head": head, "mixed_precision": precision,
                        "config_fingerprint": config_fingerprint(params)})
-    return record, data
+    record.curves["val/position_rmse"] = [[1, 0.5], [2, 0.05 / skill]]  # the best seed on validation: the most skilled
+    table = record.predictions  # every run of the study scores the same samples: the same true positions
+    common = np.random.default_rng(7).uniform(-1, 1, (5 * N + 3, 3))[table["sample_id"]].astype(np.float32)
+    for i, c in enumerate("xyz"):
+        shift = common[:, i] - table[f"target_{c}"]
+        for prefix in ("next", "last"):
+            table[f"{prefix}_{c}"] = table[f"{prefix}_{c}"] + shift
+        table[f"target_{c}"] = common[:, i]
+    return record, parquet(table)
 
 
 def test_the_answer_and_the_grid_are_the_study_cells_of_the_records(tmp_path):
@@ -329,6 +338,17 @@ def test_the_answer_and_the_grid_are_the_study_cells_of_the_records(tmp_path):
     assert missing.startswith("frame2d (seeds 1, 2); under the pooled head ", len(untouched) + 60)
     assert f"under the pooled head i3d (seeds 1, 2), {others} (seeds 0, 1, 2);" in missing
     assert "Both heads" not in answer  # one network has both heads: no ranking to compare
-    heads = md.split("## Both heads", 1)[1].split("## By configuration", 1)[0]
+    heads = md.split("## Both heads", 1)[1].split("## Ensembles", 1)[0]
     value, low, high, resolved = versus("i3dpooledc", "i3dkeypointsc")
     assert f"| {value:+.5f} [{low:+.5f}, {high:+.5f}] {'resolved' if resolved else 'not resolved'} |" in heads
+    # the ensemble of each network's best seed on validation (i3d seed 2, magvit seed 1, frame2d seed 0) is
+    # what `trajvid ensemble` of those records gives; the pooled head has one network: no ensemble
+    ensembles = md.split("## Ensembles", 1)[1].split("## By configuration", 1)[0]
+    [row] = [line for line in ensembles.splitlines() if line.startswith("| keypoints |")]
+    assert "| i3d seed 2, magvit seed 1, frame2d seed 0 |" in row and "| pooled |" not in ensembles
+    names = sorted(r.name for r in load_records(tmp_path) if r.run["head"] == "keypoints" and r.run["code_fingerprint"] == "c" * 16
+                   and r.run["mixed_precision"] == "fp32" and (r.run["backbone"], r.run["train_seed"]) in
+                   {("i3d", 2), ("magvit", 1), ("frame2d", 0)})
+    direct = ensemble_of_records(tmp_path, names, out=tmp_path / "ensemble.json")["test"]
+    assert f"| {direct['accuracy']:.4f} [" in row and f"| {direct['position_rmse']:.5f} [" in row
+    assert f"The ensemble of every network's best seed (chosen on validation) reaches {direct['position_rmse']:.5f} (" in answer

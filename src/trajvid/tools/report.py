@@ -524,6 +524,10 @@ def render(sections_: list[Section], notes: list[str], heading: int = 2, params:
             heads = study.heads_table(found)
             if heads:
                 parts += [f"{h}# Both heads", "", markdown_table(*heads), ""]
+            ensembles = study.ensemble_table(found)
+            if ensembles:
+                parts += [f"{h}# Ensembles", "", study.Ensemble.__doc__.split("\n\n")[0].replace("\n    ", " ").strip(), "",
+                          markdown_table(*ensembles), ""]
         parts += [f"{h}# By configuration", "", markdown_table(*configuration_table(s)), ""]
         shifted = robustness_table(s)
         if shifted:
@@ -644,6 +648,9 @@ def report(root: Path | str = ".", names: list[str] | None = None, out: Path | s
             heads = study.heads_table(found)
             if heads:
                 blocks.append("<h3>Both heads</h3>" + html_table(*heads))
+            ensembles = study.ensemble_table(found)
+            if ensembles:
+                blocks.append("<h3>Ensembles</h3>" + html_table(*ensembles))
         blocks.append("<h3>By configuration</h3>" + html_table(*configuration_table(s)))
         shifted = robustness_table(s)
         if shifted:

@@ -17,11 +17,13 @@ others. Every figure of the answer is one the tables beside it show (same replic
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from trajvid.backbones import BACKBONES
+from trajvid.data.scene import CLASS_NAMES
 from trajvid.tools import stats
 from trajvid.tools.records import config_fingerprint
 
@@ -141,6 +143,71 @@ def heads_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
             "pooled − keypoints [95 % CI]"], rows
 
 
+@dataclass
+class Ensemble:
+    """The equal-weight ensemble of each network's best seed under one head (best: the lowest
+    validation next RMSE at the last epoch, never the test split), from the stored predictions:
+    the members' class probabilities and next positions averaged per sample, as `trajvid
+    ensemble` of the same records does. One fixed model, so its interval covers the test samples
+    only; its replicates use the section's sample draws, so the difference to a configuration is
+    paired."""
+
+    head: str
+    members: list[tuple[str, object]]  # (backbone, record)
+    quantities: dict[str, np.ndarray]
+    replicates: dict[str, np.ndarray]
+
+    def figure(self, name: str) -> float:
+        return stats.point([self.quantities], name)
+
+    def interval(self, name: str) -> tuple[float, float]:
+        return stats.interval(self.replicates[name])
+
+
+def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
+    """The ensemble of `head`'s networks (None with fewer than two that have a validation curve)."""
+    members = []
+    for backbone in study.backbones:
+        c = study.chosen(backbone, head)
+        if c is None:
+            continue
+        val = [(r.curves.get("val/position_rmse") or [[0, math.nan]])[-1][1] for r in c.runs]
+        finite = [(v, i) for i, v in enumerate(val) if isinstance(v, (int, float)) and math.isfinite(v)]
+        if finite:
+            members.append((backbone, c.runs[min(finite)[1]]))
+    if len(members) < 2:
+        return None
+    tables = [r.predictions for _, r in members]
+    first = tables[0]
+    mean = {k: first[k] for k in ("sample_id", "label", *(f"{p}_{c}" for p in ("target", "last") for c in "xyz"))}
+    for column in (*(f"prob_{c}" for c in CLASS_NAMES), *(f"next_{c}" for c in "xyz")):
+        mean[column] = np.mean([t[column].astype(np.float64) for t in tables], axis=0)
+    quantities = stats.per_sample(mean, CLASS_NAMES)
+    count = len(next(iter(study.section.configurations)).replicates["next_rmse"])
+    key = f"ensemble {head}: " + " + ".join(r.name for _, r in members)
+    [replicates] = stats.replicates([[quantities]], [key], count)
+    return Ensemble(head, members, quantities, replicates)
+
+
+def ensemble_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
+    rows = []
+    for head in HEADS:
+        found = best_seed_ensemble(study, head)
+        if found is None:
+            continue
+        best = _order([c for b in study.backbones if (c := study.chosen(b, head)) is not None])[0]
+        value, low, high, resolved = _difference(found, best, "next_rmse")
+        rows.append([head, ", ".join(f"{b} seed {r.run['train_seed']}" for b, r in found.members),
+                     f"{found.figure('accuracy'):.4f} [{found.interval('accuracy')[0]:.4f}, {found.interval('accuracy')[1]:.4f}]",
+                     f"{found.figure('next_rmse'):.5f} [{found.interval('next_rmse')[0]:.5f}, {found.interval('next_rmse')[1]:.5f}]",
+                     f"{value:+.5f} [{low:+.5f}, {high:+.5f}] " + ("resolved" if resolved else "not resolved")
+                     + f" (best network: {best.label})"])
+    if not rows:
+        return None
+    return ["head", "members (each network's best seed on validation)", "accuracy [95 % CI]",
+            "next RMSE per coord. [95 % CI]", "ensemble − best network, next RMSE [95 % CI]"], rows
+
+
 def _order(configurations: list) -> list:
     return sorted(configurations, key=lambda c: c.figure("next_rmse"))
 
@@ -192,6 +259,12 @@ def _head_paragraph(study: Study, head: str) -> str | None:
             text.append("Their validation keypoint errors (px: " + ", ".join(f"{b} {v:.3f}" for b, v in px.items())
                         + ") order them " + ("exactly as their next RMSE does: under this head the ranking is one of "
                                              "2D keypoint localisation." if same else "differently from their next RMSE."))
+    found = best_seed_ensemble(study, head)
+    if found is not None:
+        value, low, high, resolved = _difference(found, best, "next_rmse")
+        text.append(f"The ensemble of every network's best seed (chosen on validation) reaches "
+                    f"{found.figure('next_rmse'):.5f} ({value:+.5f} [{low:+.5f}, {high:+.5f}] against "
+                    f"{backbone_of[id(best)]}, " + ("resolved" if resolved else "not resolved") + ").")
     section = study.section
     copy_last = stats.point([section.copy_last], "next_rmse")
     if section.baseline:
