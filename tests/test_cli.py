@@ -88,6 +88,11 @@ def test_a_command_runs_the_code_of_the_repository_it_runs_in(tmp_path, entry):
     command = [str(BIN / "trajvid")] if entry == "script" else [sys.executable, "-m", "trajvid"]
     copy = subprocess.run([*command, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert copy.stdout.splitlines()[0] == "the copy's code"
+    restarted = subprocess.run([*command, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                               env={**env, "TRAJVID_WORKSPACE_CODE": str(tmp_path / "src" / "trajvid" / "__init__.py"),
+                                    "PYTHONPATH": str(tmp_path / "elsewhere")})  # started again, the path lost
+    assert restarted.returncode == 2 and restarted.stdout == "" and len(restarted.stderr.splitlines()) == 1
+    assert restarted.stderr.startswith(f"error: {tmp_path / 'src' / 'trajvid'} is this repository's code"), restarted.stderr
     (tmp_path / "elsewhere").mkdir()
     elsewhere = subprocess.run([*command, "--help"], cwd=tmp_path / "elsewhere", env=env, capture_output=True,
                                text=True, check=True)

@@ -277,6 +277,7 @@ def study_record(backbone: str, head: str, seed: int, skill: float, code: str = 
     record.run.update({"name": name, "head": head, "mixed_precision": precision,
                        "config_fingerprint": config_fingerprint(params)})
     record.curves["val/position_rmse"] = [[1, 0.5], [2, 0.05 / skill]]  # the best seed on validation: the most skilled
+    record.curves["val/keypoint_distance_px"] = [[1, 2.0], [2, 0.1 / skill]]
     table = record.predictions  # every run of the study scores the same samples: the same true positions
     common = np.random.default_rng(7).uniform(-1, 1, (5 * N + 3, 3))[table["sample_id"]].astype(np.float32)
     for i, c in enumerate("xyz"):
@@ -298,7 +299,12 @@ def test_the_answer_and_the_grid_are_the_study_cells_of_the_records(tmp_path):
             ("magvit", "keypoints", 0, 1.5, "c" * 16), ("magvit", "keypoints", 1, 1.8, "c" * 16),
             ("frame2d", "keypoints", 0, 1.0, "c" * 16), ("i3d", "pooled", 0, 2.0, "c" * 16)]
     for backbone, head, seed, skill, code in runs:
-        write_record(*study_record(backbone, head, seed, skill, code), out)
+        record, data = study_record(backbone, head, seed, skill, code)
+        if (backbone, seed) == ("magvit", 0):  # validation prefers the seed that is worse on test
+            record.curves["val/position_rmse"][-1][1] = 0.001
+        if (backbone, head, seed, code[0]) == ("i3d", "keypoints", 0, "c"):
+            record.baseline = {"test": {"accuracy": 1.0, "position_rmse": 0.001}}
+        write_record(record, data, out)
     write_record(*study_record("transformer", "keypoints", 0, 4.0, precision="bf16"), out)
     report(tmp_path, replicates=300)
     md = (tmp_path / "reports" / "comparison.md").read_text()
@@ -341,14 +347,29 @@ def test_the_answer_and_the_grid_are_the_study_cells_of_the_records(tmp_path):
     heads = md.split("## Both heads", 1)[1].split("## Ensembles", 1)[0]
     value, low, high, resolved = versus("i3dpooledc", "i3dkeypointsc")
     assert f"| {value:+.5f} [{low:+.5f}, {high:+.5f}] {'resolved' if resolved else 'not resolved'} |" in heads
-    # the ensemble of each network's best seed on validation (i3d seed 2, magvit seed 1, frame2d seed 0) is
-    # what `trajvid ensemble` of those records gives; the pooled head has one network: no ensemble
+    # the ensemble of each network's best seed on validation (i3d seed 2, magvit seed 0: not its better seed
+    # on test, frame2d seed 0) is what `trajvid ensemble` of those records gives, and is compared on the same
+    # sample draws with its member from the best network; the pooled head has one network: no ensemble
     ensembles = md.split("## Ensembles", 1)[1].split("## By configuration", 1)[0]
     [row] = [line for line in ensembles.splitlines() if line.startswith("| keypoints |")]
-    assert "| i3d seed 2, magvit seed 1, frame2d seed 0 |" in row and "| pooled |" not in ensembles
-    names = sorted(r.name for r in load_records(tmp_path) if r.run["head"] == "keypoints" and r.run["code_fingerprint"] == "c" * 16
-                   and r.run["mixed_precision"] == "fp32" and (r.run["backbone"], r.run["train_seed"]) in
-                   {("i3d", 2), ("magvit", 1), ("frame2d", 0)})
-    direct = ensemble_of_records(tmp_path, names, out=tmp_path / "ensemble.json")["test"]
+    assert "| i3d seed 2, magvit seed 0, frame2d seed 0 |" in row and "| pooled |" not in ensembles
+    chosen = {r.run["backbone"]: r for r in load_records(tmp_path) if r.run["head"] == "keypoints"
+              and r.run["code_fingerprint"] == "c" * 16 and r.run["mixed_precision"] == "fp32"
+              and (r.run["backbone"], r.run["train_seed"]) in {("i3d", 2), ("magvit", 0), ("frame2d", 0)}}
+    direct = ensemble_of_records(tmp_path, sorted(r.name for r in chosen.values()), out=tmp_path / "ensemble.json")["test"]
     assert f"| {direct['accuracy']:.4f} [" in row and f"| {direct['position_rmse']:.5f} [" in row
-    assert f"The ensemble of every network's best seed (chosen on validation) reaches {direct['position_rmse']:.5f} (" in answer
+    tables = [r.predictions for r in chosen.values()]
+    averaged = {**tables[0], **{c: np.mean([t[c].astype(np.float64) for t in tables], 0)
+                                for c in tables[0] if c.startswith(("prob_", "next_"))}}
+    [combined], [member] = (looped_bootstrap([[t]], ["-"], 300) for t in (averaged, chosen["i3d"].predictions))
+    gap = direct_figures([averaged])["next_rmse"] - direct_figures([chosen["i3d"].predictions])["next_rmse"]
+    low, high = np.percentile(combined["next_rmse"] - member["next_rmse"], [2.5, 97.5])
+    verdict = "resolved" if low > 0 or high < 0 else "not resolved"
+    assert f"| i3d seed 2: {direct_figures([chosen['i3d'].predictions])['next_rmse']:.5f} | {gap:+.5f} [{low:+.5f}, {high:+.5f}] {verdict} |" in row
+    assert (f"The ensemble of the best seed (chosen on validation) of each of 3 networks (i3d, magvit, frame2d) reaches "
+            f"{direct['position_rmse']:.5f}, {gap:+.5f} [{low:+.5f}, {high:+.5f}] against its member i3d seed 2 ({verdict})." in answer)
+    best = section.configurations[[c.label for c in section.configurations].index(label["i3dkeypointsc"])].figure("next_rmse")
+    assert f"For scale: the classical baseline (no learning) 0.00100, {best / 0.001:.1f} × lower than the best network's;" in answer
+    worst = min(c.figure("accuracy") for c in section.configurations if c.label in (label["i3dkeypointsc"], label["magvitkeypointsc"], label["frame2dkeypointsc"]))
+    assert f"Accuracy: {np.floor(worst * 1e4) / 1e4:.4f} or higher for every network run." in answer
+    assert "put these 3 networks in the same order as their next RMSE (point estimates)." in answer

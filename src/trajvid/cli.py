@@ -354,8 +354,13 @@ def _run_workspace_code() -> None:
     import trajvid
 
     here = Path.cwd() / "src" / "trajvid" / "__init__.py"
-    if not here.is_file() or here.samefile(trajvid.__file__) or os.environ.get(WORKSPACE_EXEC) == str(here):
+    if not here.is_file() or here.samefile(trajvid.__file__):
         return
+    if os.environ.get(WORKSPACE_EXEC) == str(here):  # started again, and still not this package: PYTHONPATH was lost
+        typer.echo(f"error: {here.parent} is this repository's code, but Python imported {Path(trajvid.__file__).parent} "
+                   f"even with PYTHONPATH={os.environ.get('PYTHONPATH', '')!r}; unset {WORKSPACE_EXEC} or fix PYTHONPATH",
+                   err=True)
+        raise SystemExit(2)
     path = os.pathsep.join(p for p in (str(here.parent.parent), os.environ.get("PYTHONPATH")) if p)
     os.execve(sys.executable, [sys.executable, "-m", "trajvid", *sys.argv[1:]],
               {**os.environ, "PYTHONPATH": path, WORKSPACE_EXEC: str(here)})

@@ -526,7 +526,7 @@ def render(sections_: list[Section], notes: list[str], heading: int = 2, params:
                 parts += [f"{h}# Both heads", "", markdown_table(*heads), ""]
             ensembles = study.ensemble_table(found)
             if ensembles:
-                parts += [f"{h}# Ensembles", "", study.Ensemble.__doc__.split("\n\n")[0].replace("\n    ", " ").strip(), "",
+                parts += [f"{h}# Ensembles", "", study.ENSEMBLE_NOTE, "",
                           markdown_table(*ensembles), ""]
         parts += [f"{h}# By configuration", "", markdown_table(*configuration_table(s)), ""]
         shifted = robustness_table(s)

@@ -44,7 +44,7 @@ def protocol(params: dict) -> dict[str, tuple[str, str]]:
         for head in HEADS:
             cell = copy.deepcopy(params)
             cell["model"] = backbone
-            cell.setdefault("head", {})["type"] = head
+            cell["head"] = {**(cell.get("head") or {}), "type": head}
             out[config_fingerprint(cell)] = (backbone, head)
     return out
 
@@ -82,8 +82,9 @@ class Study:
 
 
 def study_of(section, params: dict | None) -> Study | None:
-    """The study's cells among `section`'s configurations; None when none of them is one."""
-    if not params:
+    """The study's cells among `section`'s configurations; None when none of them is one, and for
+    a section scored on another split than test (the ensemble picks seeds on validation)."""
+    if not params or section.split != "test":
         return None
     cells_of = protocol(params)
     cells: dict[tuple[str, str], list] = {}
@@ -99,7 +100,7 @@ def study_of(section, params: dict | None) -> Study | None:
 
 
 def _seeds(c) -> str:
-    return ", ".join(str(s) for s in c.seeds)
+    return ", ".join(str(s) for s in sorted(c.seeds, key=lambda s: (not isinstance(s, int), s if isinstance(s, int) else 0, str(s))))
 
 
 def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
@@ -121,6 +122,8 @@ def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
 
 
 def _difference(a, b, name: str) -> tuple[float, float, float, bool]:
+    """A − B on the same sample draws: the point difference, its 95 % interval, and whether the
+    interval excludes 0 (which side it lies on says the direction: `low > 0` or `high < 0`)."""
     low, high = stats.interval(a.replicates[name] - b.replicates[name])
     return a.figure(name) - b.figure(name), low, high, bool(low > 0 or high < 0)
 
@@ -144,16 +147,10 @@ def heads_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
 
 
 @dataclass
-class Ensemble:
-    """The equal-weight ensemble of each network's best seed under one head (best: the lowest
-    validation next RMSE at the last epoch, never the test split), from the stored predictions:
-    the members' class probabilities and next positions averaged per sample, as `trajvid
-    ensemble` of the same records does. One fixed model, so its interval covers the test samples
-    only; its replicates use the section's sample draws, so the difference to a configuration is
-    paired."""
+class Fixed:
+    """One fixed model's per-sample quantities with replicates on the section's sample draws (so a
+    difference to a configuration or another fixed model is paired); no seed level to draw."""
 
-    head: str
-    members: list[tuple[str, object]]  # (backbone, record)
     quantities: dict[str, np.ndarray]
     replicates: dict[str, np.ndarray]
 
@@ -164,17 +161,41 @@ class Ensemble:
         return stats.interval(self.replicates[name])
 
 
+def _fixed(study: Study, quantities: dict[str, np.ndarray], key: str) -> Fixed:
+    count = len(study.section.configurations[0].replicates["next_rmse"])
+    [replicates] = stats.replicates([[quantities]], [key], count)
+    return Fixed(quantities, replicates)
+
+
+ENSEMBLE_NOTE = ("The equal-weight ensemble of each network's best seed under one head (best: the lowest validation "
+                 "next RMSE at the last epoch, never the scored split), from the stored predictions: the members' class "
+                 "probabilities and next positions averaged per sample, as `trajvid ensemble` of the same records does. "
+                 "It is compared with its member from the best network (that network's seed chosen on validation, not "
+                 "its mean over seeds): two fixed models, so the interval covers the test samples only, on the same draws.")
+
+
+@dataclass
+class Ensemble:
+    """See ENSEMBLE_NOTE."""
+
+    head: str
+    members: list[tuple[str, object]]  # (backbone, record), in the grid's order
+    combined: Fixed
+    reference: tuple[str, object, Fixed]  # the best network's member: (backbone, record, its figures)
+    left_out: list[str]  # networks run under the head without a validation curve
+
+
 def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
     """The ensemble of `head`'s networks (None with fewer than two that have a validation curve)."""
-    members = []
-    for backbone in study.backbones:
-        c = study.chosen(backbone, head)
-        if c is None:
-            continue
+    members, left_out = [], []
+    ran = {b: c for b in study.backbones if (c := study.chosen(b, head)) is not None}
+    for backbone, c in ran.items():
         val = [(r.curves.get("val/position_rmse") or [[0, math.nan]])[-1][1] for r in c.runs]
         finite = [(v, i) for i, v in enumerate(val) if isinstance(v, (int, float)) and math.isfinite(v)]
         if finite:
             members.append((backbone, c.runs[min(finite)[1]]))
+        else:
+            left_out.append(backbone)
     if len(members) < 2:
         return None
     tables = [r.predictions for _, r in members]
@@ -182,11 +203,14 @@ def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
     mean = {k: first[k] for k in ("sample_id", "label", *(f"{p}_{c}" for p in ("target", "last") for c in "xyz"))}
     for column in (*(f"prob_{c}" for c in CLASS_NAMES), *(f"next_{c}" for c in "xyz")):
         mean[column] = np.mean([t[column].astype(np.float64) for t in tables], axis=0)
-    quantities = stats.per_sample(mean, CLASS_NAMES)
-    count = len(next(iter(study.section.configurations)).replicates["next_rmse"])
-    key = f"ensemble {head}: " + " + ".join(r.name for _, r in members)
-    [replicates] = stats.replicates([[quantities]], [key], count)
-    return Ensemble(head, members, quantities, replicates)
+    combined = _fixed(study, stats.per_sample(mean, CLASS_NAMES), f"ensemble {head}: " + " + ".join(r.name for _, r in members))
+    backbone, record = min(members, key=lambda m: ran[m[0]].figure("next_rmse"))  # the best network's member
+    reference = _fixed(study, stats.per_sample(record.predictions, CLASS_NAMES), f"run {record.name}")
+    return Ensemble(head, members, combined, (backbone, record, reference), left_out)
+
+
+def _verdict(low: float, high: float) -> str:
+    return "resolved" if low > 0 or high < 0 else "not resolved"
 
 
 def ensemble_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
@@ -195,17 +219,19 @@ def ensemble_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
         found = best_seed_ensemble(study, head)
         if found is None:
             continue
-        best = _order([c for b in study.backbones if (c := study.chosen(b, head)) is not None])[0]
-        value, low, high, resolved = _difference(found, best, "next_rmse")
+        e, (backbone, record, reference) = found.combined, found.reference
+        value = e.figure("next_rmse") - reference.figure("next_rmse")
+        low, high = stats.interval(e.replicates["next_rmse"] - reference.replicates["next_rmse"])
         rows.append([head, ", ".join(f"{b} seed {r.run['train_seed']}" for b, r in found.members),
-                     f"{found.figure('accuracy'):.4f} [{found.interval('accuracy')[0]:.4f}, {found.interval('accuracy')[1]:.4f}]",
-                     f"{found.figure('next_rmse'):.5f} [{found.interval('next_rmse')[0]:.5f}, {found.interval('next_rmse')[1]:.5f}]",
-                     f"{value:+.5f} [{low:+.5f}, {high:+.5f}] " + ("resolved" if resolved else "not resolved")
-                     + f" (best network: {best.label})"])
+                     f"{e.figure('accuracy'):.4f} [{e.interval('accuracy')[0]:.4f}, {e.interval('accuracy')[1]:.4f}]",
+                     f"{e.figure('next_rmse'):.5f} [{e.interval('next_rmse')[0]:.5f}, {e.interval('next_rmse')[1]:.5f}]",
+                     f"{backbone} seed {record.run['train_seed']}: {reference.figure('next_rmse'):.5f}",
+                     f"{value:+.5f} [{low:+.5f}, {high:+.5f}] {_verdict(low, high)}"])
     if not rows:
         return None
     return ["head", "members (each network's best seed on validation)", "accuracy [95 % CI]",
-            "next RMSE per coord. [95 % CI]", "ensemble − best network, next RMSE [95 % CI]"], rows
+            "next RMSE per coord. [95 % CI]", "its member from the best network: next RMSE",
+            "ensemble − that member [95 % CI]"], rows
 
 
 def _order(configurations: list) -> list:
@@ -236,7 +262,7 @@ def _head_paragraph(study: Study, head: str) -> str | None:
                         + ("resolved" if resolved else "not resolved") + ")")
         text.append("The others, with their paired difference to it: " + "; ".join(gaps) + ".")
     accuracy = min(c.figure("accuracy") for c in ranked)
-    text.append(f"Accuracy: {accuracy:.4f} or higher for every network run." if accuracy < 1
+    text.append(f"Accuracy: {math.floor(accuracy * 1e4) / 1e4:.4f} or higher for every network run." if accuracy < 1
                 else "Accuracy: 1.0000 for every network run (every test sample classified correctly).")
     control = ran.get(CONTROL)
     if control is None:
@@ -247,8 +273,8 @@ def _head_paragraph(study: Study, head: str) -> str | None:
         for backbone, c in ran.items():
             if backbone == CONTROL:
                 continue
-            value, _, _, resolved = _difference(c, control, "next_rmse")
-            (unresolved if not resolved else better if value < 0 else worse).append(backbone)
+            _, low, high, _ = _difference(c, control, "next_rmse")
+            (better if high < 0 else worse if low > 0 else unresolved).append(backbone)
         text.append(f"Against the {CONTROL} control (a per-frame 2D network that never sees two frames together; "
                     f"next RMSE {control.figure('next_rmse'):.5f}): lower error, resolved: {_names(better)}; "
                     f"higher error, resolved: {_names(worse)}; not resolved: {_names(unresolved)}.")
@@ -257,24 +283,34 @@ def _head_paragraph(study: Study, head: str) -> str | None:
         if all(np.isfinite(v) for v in px.values()):
             same = [backbone_of[id(c)] for c in ranked] == sorted(px, key=px.get)
             text.append("Their validation keypoint errors (px: " + ", ".join(f"{b} {v:.3f}" for b, v in px.items())
-                        + ") order them " + ("exactly as their next RMSE does: under this head the ranking is one of "
-                                             "2D keypoint localisation." if same else "differently from their next RMSE."))
+                        + ") put these " + str(len(px)) + " networks in " + ("the same order as their next RMSE (point "
+                                                                             "estimates)." if same else "another order than their next RMSE."))
     found = best_seed_ensemble(study, head)
     if found is not None:
-        value, low, high, resolved = _difference(found, best, "next_rmse")
-        text.append(f"The ensemble of every network's best seed (chosen on validation) reaches "
-                    f"{found.figure('next_rmse'):.5f} ({value:+.5f} [{low:+.5f}, {high:+.5f}] against "
-                    f"{backbone_of[id(best)]}, " + ("resolved" if resolved else "not resolved") + ").")
-    section = study.section
-    copy_last = stats.point([section.copy_last], "next_rmse")
-    if section.baseline:
-        baseline = section.baseline[section.split]["position_rmse"]
-        text.append(f"For scale: the classical baseline (no learning) {baseline:.5f}, "
-                    f"{best.figure('next_rmse') / baseline:.0f} × lower than the best network; copying the last "
-                    f"position {copy_last:.5f}.")
-    else:
-        text.append(f"For scale: copying the last position {copy_last:.5f}.")
+        e, (backbone, record, reference) = found.combined, found.reference
+        low, high = stats.interval(e.replicates["next_rmse"] - reference.replicates["next_rmse"])
+        text.append(f"The ensemble of the best seed (chosen on validation) of each of {len(found.members)} networks "
+                    f"({', '.join(b for b, _ in found.members)}) reaches {e.figure('next_rmse'):.5f}, "
+                    f"{e.figure('next_rmse') - reference.figure('next_rmse'):+.5f} [{low:+.5f}, {high:+.5f}] against its "
+                    f"member {backbone} seed {record.run['train_seed']} ({_verdict(low, high)})"
+                    + (f"; {_names(found.left_out)} left out (no validation curve)" if found.left_out else "") + ".")
+    text.append(_scale(study.section, best.figure("next_rmse")))
     return " ".join(text)
+
+
+def _scale(section, best: float) -> str:
+    """The classical baseline and copy-last beside the best network's next RMSE."""
+    copy_last = f"copying the last position {stats.point([section.copy_last], 'next_rmse'):.5f}"
+    baseline = ((section.baseline or {}).get(section.split) or {}).get("position_rmse")
+    if not isinstance(baseline, (int, float)) or not math.isfinite(baseline):
+        return f"For scale: {copy_last}."
+    if baseline > 0 and best > baseline:
+        ratio = f"{best / baseline:.1f} × lower than the best network's"
+    elif best > 0 and baseline > best:
+        ratio = f"{baseline / best:.1f} × higher than the best network's"
+    else:
+        ratio = "equal to the best network's" if baseline == best else "beside the best network's"
+    return f"For scale: the classical baseline (no learning) {baseline:.5f}, {ratio}; {copy_last}."
 
 
 def _missing_text(study: Study) -> str:
@@ -307,8 +343,9 @@ def answer(study: Study) -> str:
         orders = {h: [b for b in sorted(both, key=lambda b: study.chosen(b, h).figure("next_rmse"))] for h in HEADS}
         parts.append("**Both heads**, on the networks run under both: " + "; ".join(
             f"{h} orders them {' < '.join(o)}" for h, o in orders.items()) + (
-            ". The head does not change the order." if len(set(map(tuple, orders.values()))) == 1
-            else ". The readout changes the ranking: a ranking under one head is not an answer about the backbones alone."))
+            ". The head does not change the order of the point estimates." if len(set(map(tuple, orders.values()))) == 1
+            else ". The order of the point estimates depends on the head (the paired differences below say which gaps "
+                 "are resolved): a ranking under one head is not an answer about the backbones alone."))
     devices = sorted({f"{r.run['device']} ×{r.run['processes']}" for cs in study.cells.values() for c in cs[:1] for r in c.runs})
     limits = [f"the runs' devices (device × processes): {_names(devices)}"]
     if any(len(c.runs) == 1 for cs in study.cells.values() for c in cs[:1]):
@@ -316,6 +353,7 @@ def answer(study: Study) -> str:
                       "about another training seed")
     if study.missing():
         limits.append("not run yet: " + _missing_text(study))
+    limits.append("each interval is 95 % on its own, with no correction for the number of comparisons")
     limits.append("one synthetic dataset with one camera rig; the shifted sets (Robustness) are the only test of "
                   "anything else")
     counted = {id(c) for cs in study.cells.values() for c in cs}
