@@ -518,16 +518,12 @@ def render(sections_: list[Section], notes: list[str], heading: int = 2, params:
     for s in sections_:
         parts += [f"{h} {section_title(s)}", ""]
         found = study.study_of(s, params)
-        if found:
-            parts += [f"{h}# The answer so far", "", study.answer(found), "", f"{h}# The grid", "",
-                      markdown_table(*study.grid_table(found)), ""]
-            heads = study.heads_table(found)
-            if heads:
-                parts += [f"{h}# Both heads", "", markdown_table(*heads), ""]
-            ensembles = study.ensemble_table(found)
-            if ensembles:
-                parts += [f"{h}# Ensembles", "", study.ENSEMBLE_NOTE, "",
-                          markdown_table(*ensembles), ""]
+        for title, paragraphs, table in study.blocks(found) if found else []:
+            parts += [f"{h}# {title}", ""]
+            for paragraph in paragraphs:
+                parts += [paragraph, ""]
+            if table:
+                parts += [markdown_table(*table), ""]
         parts += [f"{h}# By configuration", "", markdown_table(*configuration_table(s)), ""]
         shifted = robustness_table(s)
         if shifted:
@@ -641,16 +637,9 @@ def report(root: Path | str = ".", names: list[str] | None = None, out: Path | s
     for s in parts:
         blocks.append(f"<h2>{html.escape(section_title(s))}</h2>")
         found = study.study_of(s, params)
-        if found:
-            blocks.append("<h3>The answer so far</h3>" + "".join(
-                f"<p>{html.escape(p.replace('**', ''))}</p>" for p in study.answer(found).split("\n\n"))
-                + "<h3>The grid</h3>" + html_table(*study.grid_table(found)))
-            heads = study.heads_table(found)
-            if heads:
-                blocks.append("<h3>Both heads</h3>" + html_table(*heads))
-            ensembles = study.ensemble_table(found)
-            if ensembles:
-                blocks.append("<h3>Ensembles</h3>" + html_table(*ensembles))
+        for title, paragraphs, table in study.blocks(found) if found else []:
+            blocks.append(f"<h3>{html.escape(title)}</h3>" + "".join(f"<p>{html.escape(p.replace('**', ''))}</p>" for p in paragraphs)
+                          + (html_table(*table) if table else ""))
         blocks.append("<h3>By configuration</h3>" + html_table(*configuration_table(s)))
         shifted = robustness_table(s)
         if shifted:

@@ -363,3 +363,16 @@ def answer(study: Study) -> str:
                       f"with the grid's backbone, head and seed), which this answer does not count: {', '.join(outside)}")
     parts.append("**Limits**: " + "; ".join(limits) + ".")
     return "\n\n".join(parts)
+
+
+def blocks(study: Study) -> list[tuple[str, list[str], tuple | None]]:
+    """The study's part of a report, in order: (title, paragraphs, table as (header, rows) or None);
+    the markdown and the HTML report both lay out these."""
+    out = [("The answer so far", answer(study).split("\n\n"), None), ("The grid", [], grid_table(study))]
+    heads = heads_table(study)
+    if heads:
+        out.append(("Both heads", [], heads))
+    ensembles = ensemble_table(study)
+    if ensembles:
+        out.append(("Ensembles", [ENSEMBLE_NOTE], ensembles))
+    return out
