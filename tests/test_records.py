@@ -352,7 +352,8 @@ def test_the_answer_and_the_grid_are_the_study_cells_of_the_records(tmp_path):
     # sample draws with its member from the best network; the pooled head has one network: no ensemble
     ensembles = md.split("## Ensembles", 1)[1].split("## By configuration", 1)[0]
     [row] = [line for line in ensembles.splitlines() if line.startswith("| keypoints |")]
-    assert "| i3d seed 2, magvit seed 0, frame2d seed 0 |" in row and "| pooled |" not in ensembles
+    members = [("i3d", 2), ("magvit", 0), ("frame2d", 0)]  # in the grid's order
+    assert f"| {', '.join(f'{b} seed {seed}' for b, seed in members)} |" in row and "| pooled |" not in ensembles
     chosen = {r.run["backbone"]: r for r in load_records(tmp_path) if r.run["head"] == "keypoints"
               and r.run["code_fingerprint"] == "c" * 16 and r.run["mixed_precision"] == "fp32"
               and (r.run["backbone"], r.run["train_seed"]) in {("i3d", 2), ("magvit", 0), ("frame2d", 0)}}
@@ -366,7 +367,7 @@ def test_the_answer_and_the_grid_are_the_study_cells_of_the_records(tmp_path):
     low, high = np.percentile(combined["next_rmse"] - member["next_rmse"], [2.5, 97.5])
     verdict = "resolved" if low > 0 or high < 0 else "not resolved"
     assert f"| i3d seed 2: {direct_figures([chosen['i3d'].predictions])['next_rmse']:.5f} | {gap:+.5f} [{low:+.5f}, {high:+.5f}] {verdict} |" in row
-    assert (f"The ensemble of the best seed (chosen on validation) of each of 3 networks (i3d, magvit, frame2d) reaches "
+    assert (f"The ensemble of the best seed (chosen on validation) of each of 3 networks ({', '.join(b for b, _ in members)}) reaches "
             f"{direct['position_rmse']:.5f}, {gap:+.5f} [{low:+.5f}, {high:+.5f}] against its member i3d seed 2 ({verdict})." in answer)
     best = section.configurations[[c.label for c in section.configurations].index(label["i3dkeypointsc"])].figure("next_rmse")
     assert f"For scale: the classical baseline (no learning) 0.00100, {best / 0.001:.1f} × lower than the best network's;" in answer
