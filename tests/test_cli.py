@@ -83,11 +83,12 @@ def test_a_command_runs_the_code_of_the_repository_it_runs_in(tmp_path, entry):
     package = Path(trajvid.__file__).parent
     shutil.copytree(package, tmp_path / "src" / "trajvid", ignore=shutil.ignore_patterns("__pycache__"))
     with open(tmp_path / "src" / "trajvid" / "__init__.py", "a") as f:
-        f.write('\nprint("the copy\'s code", flush=True)\n')
+        f.write('\nimport sys\nprint("the copy\'s code", sorted(sys._xoptions), flush=True)\n')
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRAJVID_WORKSPACE_CODE")}
-    command = [str(BIN / "trajvid")] if entry == "script" else [sys.executable, "-m", "trajvid"]
+    # started as a script, or as a module with an interpreter option, which the restart keeps
+    command = [str(BIN / "trajvid")] if entry == "script" else [sys.executable, "-X", "utf8", "-m", "trajvid"]
     copy = subprocess.run([*command, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
-    assert copy.stdout.splitlines()[0] == "the copy's code"
+    assert copy.stdout.splitlines()[0] == ("the copy's code []" if entry == "script" else "the copy's code ['utf8']")
     restarted = subprocess.run([*command, "--help"], cwd=tmp_path, capture_output=True, text=True,
                                env={**env, "TRAJVID_WORKSPACE_CODE": str(tmp_path / "src" / "trajvid" / "__init__.py"),
                                     "PYTHONPATH": str(tmp_path / "elsewhere")})  # started again, the path lost

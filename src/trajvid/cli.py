@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -350,7 +351,8 @@ def _run_workspace_code() -> None:
     installed from: a queued experiment would run whatever that checkout's working tree holds when
     each stage starts, while its dvc.lock records the hashes of the copy's files, a silent
     mismatch. So where the working directory holds a trajvid package that is not the one imported,
-    the command starts again (same process, same arguments) with that package first on the path."""
+    the command starts again (same process, same interpreter options and arguments) with that
+    package first on the path."""
     import trajvid
 
     here = Path.cwd() / "src" / "trajvid" / "__init__.py"
@@ -362,7 +364,9 @@ def _run_workspace_code() -> None:
                    err=True)
         raise SystemExit(2)
     path = os.pathsep.join(p for p in (str(here.parent.parent), os.environ.get("PYTHONPATH")) if p)
-    os.execve(sys.executable, [sys.executable, "-m", "trajvid", *sys.argv[1:]],
+    # the interpreter's own options (-X, -W, -O, ...) as multiprocessing passes them to its children
+    flags = subprocess._args_from_interpreter_flags()
+    os.execve(sys.executable, [sys.executable, *flags, "-m", "trajvid", *sys.argv[1:]],
               {**os.environ, "PYTHONPATH": path, WORKSPACE_EXEC: str(here)})
 
 
