@@ -100,12 +100,24 @@ def make_repo(path: Path, params: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """A 200-sample dataset (noise-free), generated once per test session."""
+def _generated(tmp_path_factory, num_samples: int) -> Path:
     from trajvid.generate import generate
     from trajvid.params import DataParams
 
     out = tmp_path_factory.mktemp("data") / "trajectories"
-    generate(7, DataParams(num_samples=200, shard_size=64, workers=2), out, progress=False)
+    generate(7, DataParams(num_samples=num_samples, shard_size=64, workers=2), out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A 200-sample dataset (noise-free), generated once per test session."""
+    return _generated(tmp_path_factory, 200)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """40 samples (32 to train on, every class in every split): for tests of what training does
+    with its checkpoints, its signals and its seeds, where the figures do not matter and each epoch
+    on tiny_dataset would cost five times as much."""
+    return _generated(tmp_path_factory, 40)

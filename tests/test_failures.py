@@ -249,12 +249,12 @@ def test_a_model_triangulates_with_the_cameras_of_the_data_it_scores(trained, ti
     assert np.max(np.abs(table["next_z"] - np.array(stored["next_z"]))) > 1e-3
 
 
-def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tiny_dataset, tmp_path):
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(small_dataset, tmp_path):
     """Epochs 1 and 2 checkpointed, the run dies, epoch 2's weights are damaged: the rerun warns,
     resumes from epoch 1 and ends exactly where an uninterrupted run ends."""
-    raw = tiny_params(num_samples=200, epochs=3)
+    raw = tiny_params(num_samples=40, epochs=3)
     params = parse(raw)
-    full = train(params, tiny_dataset, tmp_path / "full", live_dir=None, progress=False)
+    full = train(params, small_dataset, tmp_path / "full", live_dir=None, progress=False)
     script = f"""
 import sys
 from trajvid import checkpoint
@@ -267,12 +267,12 @@ def save(directory, epoch, *args, **kwargs):
         sys.exit(9)  # the run dies right after its second checkpoint
     return path
 checkpoint.save = save
-train(parse({raw!r}), {str(tiny_dataset)!r}, {str(tmp_path / "part")!r}, live_dir=None, progress=False)
+train(parse({raw!r}), {str(small_dataset)!r}, {str(tmp_path / "part")!r}, live_dir=None, progress=False)
 """
     assert subprocess.run([sys.executable, "-c", script]).returncode == 9
     damage_weights_header(tmp_path / "part" / "checkpoints" / "epoch-002")
     write_params(tmp_path / "params.yaml", raw)
-    result = run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset),
+    result = run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(small_dataset),
                   "--out", str(tmp_path / "part")], tmp_path)
     output = result.stdout + result.stderr
     assert "warning: skipping" in output and "epoch-002" in output
@@ -320,13 +320,13 @@ def test_generate_onto_a_full_disk_keeps_the_previous_dataset(small_disk, tmp_pa
     assert "previous outputs are intact" in line
 
 
-def test_a_checkpoint_onto_a_full_disk_fails_in_one_line_and_the_next_run_resumes(small_disk, tmp_path, tiny_dataset):
+def test_a_checkpoint_onto_a_full_disk_fails_in_one_line_and_the_next_run_resumes(small_disk, tmp_path, small_dataset):
     """1 MB: the first checkpoint does not fit; 14 MB: the first (9.5 MB for the tiny I3D, measured
     2026-12-01) fits, the second does not; with room, the next run resumes from the first."""
     disk, resize = small_disk
-    raw = tiny_params(num_samples=200, epochs=2)
+    raw = tiny_params(num_samples=40, epochs=2)
     write_params(tmp_path / "params.yaml", raw)
-    cmd = ["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset), "--out", str(disk / "models")]
+    cmd = ["trajvid", "train", "--no-progress", "--live", "none", "--data", str(small_dataset), "--out", str(disk / "models")]
     result = run(cmd, tmp_path, check=False)
     one_error_line(result, 2, "no space left on the device while writing checkpoint epoch-001",
                    "it needs about", "free")
@@ -442,8 +442,8 @@ def test_generate_stopped_early_does_not_wait_for_its_workers(tmp_path):
     assert [p.is_alive() for p, _ in pool.workers] == [False, False]
 
 
-def test_sigterm_while_a_checkpoint_is_written_keeps_the_last_complete_one(tmp_path, tiny_dataset):
-    raw = tiny_params(num_samples=200, epochs=3)
+def test_sigterm_while_a_checkpoint_is_written_keeps_the_last_complete_one(tmp_path, small_dataset):
+    raw = tiny_params(num_samples=40, epochs=3)
     write_params(tmp_path / "params.yaml", raw)
     # SIGTERM arrives in the middle of writing checkpoint epoch-002 (between its two files)
     script = f"""
@@ -455,13 +455,13 @@ def save_file(tensors, path, *args, **kwargs):
     if "epoch-002" in path and path.endswith("model.safetensors"):
         os.kill(os.getpid(), signal.SIGTERM)
 checkpoint.save_file = save_file
-sys.argv = ["trajvid", "train", "--no-progress", "--live", "none", "--data", {str(tiny_dataset)!r}]
+sys.argv = ["trajvid", "train", "--no-progress", "--live", "none", "--data", {str(small_dataset)!r}]
 cli.main()
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     one_error_line(result, 128 + signal.SIGTERM, "interrupted by SIGTERM while writing checkpoint epoch-002")
     assert sorted(p.name for p in (tmp_path / "models" / "checkpoints").iterdir()) == ["epoch-001"]
-    resumed = run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(tiny_dataset)], tmp_path)
+    resumed = run(["trajvid", "train", "--no-progress", "--live", "none", "--data", str(small_dataset)], tmp_path)
     assert "resuming from models/checkpoints/epoch-001" in resumed.stdout + resumed.stderr
     assert (tmp_path / "models" / "model.safetensors").is_file()
 

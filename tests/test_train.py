@@ -21,8 +21,8 @@ from trajvid.params import parse
 from trajvid.train import TrainingDiverged, fingerprint, finish, setup, train, validate
 
 
-def params_for(model="i3d", epochs=2, **train_overrides):
-    raw = tiny_params(num_samples=200, epochs=epochs, model=model)
+def params_for(model="i3d", epochs=2, num_samples=200, **train_overrides):
+    raw = tiny_params(num_samples=num_samples, epochs=epochs, model=model)
     raw["train"].update(train_overrides)
     return parse(raw)
 
@@ -52,16 +52,16 @@ def test_training_uses_the_configured_weight_decay(tiny_dataset, tmp_path):
     assert config["train"]["weight_decay"] == 0.0123
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_dataset, tmp_path):
-    params = params_for(epochs=3)
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(small_dataset, tmp_path):
+    params = params_for(epochs=3, num_samples=40)
     full = tmp_path / "full"
-    train(params, tiny_dataset, full, live_dir=tmp_path / "live-full", progress=False)
+    train(params, small_dataset, full, live_dir=tmp_path / "live-full", progress=False)
 
     # An "interrupted" run: the same configuration, stopped after epoch 1 (its checkpoint kept).
     part = tmp_path / "part"
-    train_one_epoch_then_crash(params, tiny_dataset, part, tmp_path / "live-part")
+    train_one_epoch_then_crash(params, small_dataset, part, tmp_path / "live-part")
     assert [p.name for p in (part / "checkpoints").iterdir()] == ["epoch-001"]
-    summary = train(params, tiny_dataset, part, live_dir=tmp_path / "live-part", progress=False)
+    summary = train(params, small_dataset, part, live_dir=tmp_path / "live-part", progress=False)
     assert summary["training"]["epochs"] == 3
 
     from safetensors.torch import load_file
@@ -89,11 +89,11 @@ def train_one_epoch_then_crash(params, data, out, live):
         checkpoint.save = original
 
 
-def test_checkpoint_of_another_configuration_is_never_resumed(tiny_dataset, tmp_path):
+def test_checkpoint_of_another_configuration_is_never_resumed(small_dataset, tmp_path):
     out = tmp_path / "models"
-    train(params_for(epochs=1), tiny_dataset, out, live_dir=None, progress=False)
+    train(params_for(epochs=1, num_samples=40), small_dataset, out, live_dir=None, progress=False)
     old = json.loads((out / "checkpoints" / "epoch-001" / "state.json").read_text())["fingerprint"]
-    summary = train(params_for(model="magvit", epochs=1), tiny_dataset, out, live_dir=None, progress=False)
+    summary = train(params_for(model="magvit", epochs=1, num_samples=40), small_dataset, out, live_dir=None, progress=False)
     assert summary["fingerprint"] != old
     new = json.loads((out / "checkpoints" / "epoch-001" / "state.json").read_text())
     assert new["fingerprint"] == summary["fingerprint"] and new["history"][0]["epoch"] == 1
@@ -256,7 +256,7 @@ def test_the_learning_rate_of_an_optimizer_step_does_not_depend_on_the_number_of
     assert one(0) == 0.1 and one(9) == 1.0 and one(10) == 1.0 and one(99) < 0.01  # warm-up, then cosine
 
 
-def test_two_training_seeds_on_one_dataset_train_two_models(tiny_dataset, tmp_path):
+def test_two_training_seeds_on_one_dataset_train_two_models(small_dataset, tmp_path):
     """train.seed seeds the training, not the data: on one dataset two training seeds give other
     weights and the same seed the same weights; config.json names both seeds. (That the data
     stay the same is the generate stage's params: tests/test_structure.py.)"""
@@ -264,11 +264,11 @@ def test_two_training_seeds_on_one_dataset_train_two_models(tiny_dataset, tmp_pa
 
     weights = {}
     for name, seed in (("a", 0), ("b", 1), ("again", 0)):
-        raw = tiny_params(num_samples=200, epochs=1)
+        raw = tiny_params(num_samples=40, epochs=1)
         raw["train"]["seed"] = seed
-        train(parse(raw), tiny_dataset, tmp_path / name, live_dir=None, progress=False)
+        train(parse(raw), small_dataset, tmp_path / name, live_dir=None, progress=False)
         weights[name] = load_file(str(tmp_path / name / "model.safetensors"))
         config = json.loads((tmp_path / name / "config.json").read_text())
-        assert (config["seed"], config["data_seed"]) == (seed, 7)  # tiny_dataset's seed, whatever params.yaml says
+        assert (config["seed"], config["data_seed"]) == (seed, 7)  # small_dataset's seed, whatever params.yaml says
     assert any(not torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
     assert all(torch.equal(weights["a"][k], weights["again"][k]) for k in weights["a"])

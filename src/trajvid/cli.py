@@ -351,7 +351,7 @@ def _run_workspace_code() -> None:
     installed from: a queued experiment would run whatever that checkout's working tree holds when
     each stage starts, while its dvc.lock records the hashes of the copy's files, a silent
     mismatch. So where the working directory holds a trajvid package that is not the one imported,
-    the command starts again (same process, same interpreter options and arguments) with that
+    the command starts again (same process, same arguments and interpreter options) with that
     package first on the path."""
     import trajvid
 
@@ -364,8 +364,11 @@ def _run_workspace_code() -> None:
                    err=True)
         raise SystemExit(2)
     path = os.pathsep.join(p for p in (str(here.parent.parent), os.environ.get("PYTHONPATH")) if p)
-    # the interpreter's own options (-X, -W, -O, ...) as multiprocessing passes them to its children
-    flags = subprocess._args_from_interpreter_flags()
+    # the interpreter's options (-O, -B, -W, -X dev/utf8/...) as multiprocessing passes them to its
+    # children, less -I and -E: they would make the new interpreter ignore the PYTHONPATH set here
+    flags = [f for f in subprocess._args_from_interpreter_flags() if f not in ("-I", "-E")]
+    if sys.flags.isolated:  # -I without its PYTHONPATH part: no user site, no script folder on the path
+        flags += ["-s", "-P"]
     os.execve(sys.executable, [sys.executable, *flags, "-m", "trajvid", *sys.argv[1:]],
               {**os.environ, "PYTHONPATH": path, WORKSPACE_EXEC: str(here)})
 
