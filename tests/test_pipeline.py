@@ -20,8 +20,8 @@ def lock_md5(repo, stage, path):
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
-    """`dvc repro` from scratch: 200 samples, 3 epochs of a narrow I3D."""
-    repo = make_repo(tmp_path_factory.mktemp("baseline"), tiny_params(num_samples=200, epochs=3))
+    """`dvc repro` from scratch: 40 samples, 3 epochs of a narrow I3D."""
+    repo = make_repo(tmp_path_factory.mktemp("baseline"), tiny_params(num_samples=40, epochs=3))
     run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "results"], repo)
@@ -112,7 +112,7 @@ def test_dvc_checkout_restores_a_damaged_shard_and_model(baseline):
 
 
 def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(baseline, tmp_path):
-    repo = make_repo(tmp_path / "killed", tiny_params(num_samples=200, epochs=3))
+    repo = make_repo(tmp_path / "killed", tiny_params(num_samples=40, epochs=3))  # the baseline's params
     run(["dvc", "repro", "generate"], repo)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, start_new_session=True,
