@@ -1,14 +1,20 @@
 """End-to-end flows with real DVC in throw-away git repositories, on tiny data and narrow models."""
 
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tarfile
 import time
 
 import pytest
 import yaml
-from conftest import BIN, STUDY_BACKBONES, make_repo, run, start_queue, tiny_params
+from conftest import BIN, ROOT, STUDY_BACKBONES, make_repo, run, start_queue, tiny_params
+
+from trajvid.tools.records import code_fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +138,73 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(baseli
     theirs = json.loads((baseline / "metrics" / "metrics.json").read_text())["test"]
     assert ours == theirs
     assert (repo / "dvclive" / "metrics.json").read_text() == (baseline / "dvclive" / "metrics.json").read_text()
+
+
+def test_a_grid_run_elsewhere_is_recorded_as_the_commit_it_ran(baseline, tmp_path):
+    """scripts/device_grid.py (what a GPU machine runs: no git there, DVC in no-SCM mode) makes
+    real `dvc repro` runs in copies of the repository and brings them back as one bundle;
+    `trajvid collect --bundle` records them as the commit they ran. On this CPU, with the
+    workspace's params and threads, the grid's run is the workspace's own run bit for bit (the
+    same model, predictions and robustness scores). A bundle whose code is not the commit's, or
+    whose tar reaches outside a cell, records nothing."""
+    commit = run(["git", "rev-parse", "HEAD"], baseline).stdout.strip()
+    out = tmp_path / "out"
+    grid = run([sys.executable, str(ROOT / "scripts" / "device_grid.py"), "run", "--repo", str(baseline),
+                "--revision", commit, "--cells", "i3d:keypoints:0", "--parallel", "1", "--threads", "2",
+                "--num-workers", "0", "--data-workers", "2", "--work", str(tmp_path / "work"), "--out", str(out)], tmp_path)
+    assert "1 cells finished, 0 failed" in grid.stdout, grid.stdout
+    bundle = out / "grid.tar.gz"
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+    assert manifest["cells"]["i3d-keypoints-seed0"]["state"] == "finished" and manifest["revision"] == commit
+    assert not any(n.endswith((".safetensors", ".arrow")) for n in names), names  # records, never data or models
+
+    def tampered(edit):
+        target = tmp_path / f"tampered-{len(list(tmp_path.glob('tampered-*')))}.tar.gz"
+        with tarfile.open(bundle) as source, tarfile.open(target, "w:gz") as tar:
+            for member in source:
+                data = source.extractfile(member).read()
+                member, data = edit(member, data)
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+        return target
+
+    def other_code(member, data):
+        if member.name == "manifest.json":
+            found = json.loads(data)
+            found["code"]["src/trajvid/train.py"] = "0" * 64
+            data = json.dumps(found).encode()
+        return member, data
+
+    def outside(member, data):
+        if member.name.endswith("metrics/metrics.json"):
+            member.name = member.name.replace("metrics/metrics.json", "../../metrics/metrics.json")
+        return member, data
+
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
+    records = baseline / "results" / "runs"
+    try:
+        for bad, needle in ((tampered(other_code), "its code is not commit"), (tampered(outside), "is not a plain file"),
+                            (truncated, "is damaged or truncated")):
+            refused = run(["trajvid", "collect", "--bundle", str(bad)], baseline, check=False)
+            assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and needle in refused.stderr, refused.stderr
+            assert not records.exists()
+        collected = run(["trajvid", "collect", "--bundle", str(bundle)], baseline).stdout
+        [name] = [p.name for p in records.iterdir()]
+        assert collected == f"grid.tar.gz:i3d-keypoints-seed0: {name} written\n", collected
+        model = lock_md5(baseline, "train", "models/model.safetensors")
+        assert name == f"i3d-keypoints-fp32-seed0-{model[:8]}"  # the workspace's model, bit for bit
+        record = json.loads((records / name / "run.json").read_text())
+        assert record["git_revision"] == {"commit": commit, "code_dirty": False, "experiment": None}
+        assert record["code_fingerprint"] == code_fingerprint(yaml.safe_load((baseline / "dvc.lock").read_text()))
+        assert (records / name / "predictions.parquet").read_bytes() == (baseline / "metrics" / "predictions.parquet").read_bytes()
+        assert json.loads((records / name / "robustness.json").read_text()) == json.loads(
+            (baseline / "metrics" / "robustness.json").read_text())
+        assert run(["git", "worktree", "list"], baseline).stdout.count("\n") == 1  # its checkout is gone
+    finally:  # the module's other tests share this repository
+        shutil.rmtree(baseline / "results", ignore_errors=True)
 
 
 def test_exp_run_and_the_queue_show_every_backbone_in_exp_show(tmp_path):

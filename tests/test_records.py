@@ -374,3 +374,46 @@ def test_the_answer_and_the_grid_are_the_study_cells_of_the_records(tmp_path):
     worst = min(c.figure("accuracy") for c in section.configurations if c.label in (label["i3dkeypointsc"], label["magvitkeypointsc"], label["frame2dkeypointsc"]))
     assert f"Accuracy: {np.floor(worst * 1e4) / 1e4:.4f} or higher for every network run." in answer
     assert "put these 3 networks in the same order as their next RMSE (point estimates)." in answer
+
+
+def test_runs_on_another_kind_of_device_are_kept_apart_from_the_grid(tmp_path):
+    """A GPU run of a cell is its own configuration (never pooled over seeds with the CPU runs, nor
+    dropped as a repeat of the CPU run of the same seed); the answer counts one kind of device (the
+    one holding the most of the grid's runs, cpu on a tie) and names the other's runs apart; the CPU
+    figures are the same with or without them."""
+    write_params(tmp_path / "params.yaml", default_params())
+    out = tmp_path / "results" / "runs"
+
+    def add(backbone: str, seed: int, skill: float, device: str) -> None:
+        record, data = study_record(backbone, "keypoints", seed, skill)
+        if device != "cpu":
+            record.name = record.run["name"] = record.name.replace("-seed", f"-{device.split(':')[0]}-seed")
+        record.run["device"] = device
+        assert write_record(record, data, out) == "written"
+
+    add("i3d", 0, 3.0, "cpu")
+    add("frame2d", 0, 1.0, "cpu")
+    [alone] = [c for c in sections(load_records(tmp_path), replicates=300)[0].configurations if c.first["backbone"] == "i3d"]
+    add("i3d", 0, 2.0, "cuda:0")  # the same cell and seed as a CPU run
+    add("i3d", 1, 2.2, "cuda:0")
+    [section] = sections(load_records(tmp_path), replicates=300)
+    by_label = {c.label: c for c in section.configurations}
+    assert sorted(by_label) == ["frame2d (keypoints, fp32)", "i3d (keypoints, fp32)", "i3d (keypoints, fp32, cuda)"]
+    assert by_label["i3d (keypoints, fp32, cuda)"].seeds == [0, 1] and by_label["i3d (keypoints, fp32)"].seeds == [0]
+    cpu = by_label["i3d (keypoints, fp32)"]
+    assert cpu.interval("next_rmse") == alone.interval("next_rmse") and cpu.figure("next_rmse") == alone.figure("next_rmse")
+    report(tmp_path, replicates=300)
+    md = (tmp_path / "reports" / "comparison.md").read_text()
+    answer = md.split("## The answer so far", 1)[1].split("## The grid", 1)[0]
+    assert "**The grid**: 2 of 30 runs recorded on cpu" in answer  # a tie (2 and 2): cpu
+    assert "kept apart (shown in the tables below, never pooled with these): i3d (keypoints, fp32, cuda)" in answer
+    assert "does not count" not in answer  # apart, not outside the protocol
+    grid = md.split("## The grid", 1)[1]
+    assert "| i3d | seeds 0; on cuda (not counted): seeds 0, 1 | not run |" in grid
+    # once the GPU's grid holds more runs, the answer is the GPU's, and the CPU runs are the ones apart
+    add("frame2d", 0, 1.1, "cuda:0")
+    report(tmp_path, replicates=300)
+    md = (tmp_path / "reports" / "comparison.md").read_text()
+    assert "**The grid**: 3 of 30 runs recorded on cuda" in md
+    assert "| i3d | seeds 0, 1; on cpu (not counted): seeds 0 | not run |" in md
+    assert "every run counted here trained on cuda;" in md

@@ -250,11 +250,16 @@ def collect(
     revisions: list[str] = typer.Argument(None, help="Experiment names, branches, tags, commits, or `workspace` "
                                                        "[default: the workspace and every DVC experiment]."),
     repo: Path = typer.Option(Path("."), "--repo", help="The repository."),
+    bundle: Path = typer.Option(None, "--bundle", help="A grid.tar.gz of scripts/device_grid.py: the runs made on "
+                                                        "another machine (a GPU's), recorded as the commit it ran."),
 ) -> None:
     """Record each finished run in git: results/runs/<name>/ (run.json, metrics, curves, per-sample predictions)."""
     from trajvid.tools.records import collect as run
+    from trajvid.tools.records import collect_bundle
 
-    for source, name, what in run(repo, revisions or None):
+    if bundle is not None and revisions:
+        _fail("--bundle records the runs of a bundle: give no revisions with it")
+    for source, name, what in (collect_bundle(repo, bundle) if bundle is not None else run(repo, revisions or None)):
         typer.echo(f"{source}: {name} {what}" if name != "-" else f"{source}: {what}")
 
 

@@ -141,6 +141,12 @@ def config_fingerprint(params: dict) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def device_kind(run: dict) -> str:
+    """The type of the device a run trained on ("cpu", "cuda", ...; "cuda:0" is "cuda"): runs on
+    different kinds are different configurations, never pooled over seeds (their arithmetic differs)."""
+    return str(run.get("device") or "cpu").split(":", 1)[0]
+
+
 def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
@@ -442,3 +448,114 @@ def load_records(root: Path | str = ".", records: Path | str | None = None) -> l
     if not folder.is_dir():
         return []
     return [load_record(p) for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+
+
+# -- runs made elsewhere: a bundle of scripts/device_grid.py -------------------------------------
+
+BUNDLE_KEPT = ("dvc.lock", "params.yaml", "metrics/", "dvclive/", "models/config.json")  # of each cell: never data or models
+BUNDLE_CODE = ("src", "dvc.yaml", "params.yaml", "pyproject.toml")  # the files the manifest must hash as the commit has them
+
+
+def _bundle_members(path: Path) -> tuple[dict, dict[str, dict[str, bytes]]]:
+    """(manifest, {cell: {path: bytes}}) of a bundle, read as data (nothing extracted, nothing
+    executed); RecordError naming the first member that is not a plain file of a cell's outputs."""
+    import tarfile
+    import zlib
+
+    where = f"bundle {path}"
+    try:
+        tar = tarfile.open(path, mode="r:gz")
+    except (OSError, tarfile.TarError) as error:
+        raise RecordError(f"{where} is not a gzip'd tar file ({error})") from None
+    manifest, cells = None, {}
+    with tar:
+        try:
+            members = [(m, tar.extractfile(m).read() if m.isfile() else b"") for m in tar]
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as error:
+            raise RecordError(f"{where} is damaged or truncated ({error})") from None
+        for member, data in members:
+            parts = member.name.split("/")
+            if not member.isfile() or any(p in ("", ".", "..") for p in parts):
+                raise RecordError(f"{where}: member {member.name!r} is not a plain file with a relative path")
+            if member.name == "manifest.json":
+                try:
+                    manifest = json.loads(data)
+                except ValueError:
+                    raise RecordError(f"{where}: its manifest.json is not JSON") from None
+            elif len(parts) >= 3 and parts[0] == "cells" and "/".join(parts[2:]).startswith(BUNDLE_KEPT):
+                cells.setdefault(parts[1], {})["/".join(parts[2:])] = data
+            else:
+                raise RecordError(f"{where}: member {member.name!r} is not a cell's dvc.lock, params.yaml, metrics "
+                                  "or dvclive file")
+    if not isinstance(manifest, dict) or manifest.get("format") != 1 or not isinstance(manifest.get("code"), dict):
+        raise RecordError(f"{where}: no manifest.json of format 1 (written by scripts/device_grid.py)")
+    return manifest, cells
+
+
+def _revision_code(root: Path, revision: str) -> dict[str, str]:
+    """{path: SHA-256} of the revision's BUNDLE_CODE files."""
+    listing = git(root, "ls-tree", "-r", "-z", revision, "--", *BUNDLE_CODE) or ""
+    entries = [line.split("\t", 1) for line in listing.split("\0") if line]
+    blobs = [(meta.split()[2], name) for meta, name in entries if meta.split()[1] == "blob"]
+    batch = subprocess.run(["git", "cat-file", "--batch"], cwd=root, input="".join(f"{b}\n" for b, _ in blobs).encode(),
+                           capture_output=True, check=True).stdout
+    out, at = {}, 0
+    for blob, name in blobs:
+        header_end = batch.index(b"\n", at)
+        size = int(batch[at:header_end].split()[2])
+        out[name] = hashlib.sha256(batch[header_end + 1:header_end + 1 + size]).hexdigest()
+        at = header_end + 1 + size + 1
+    return {name: digest for name, digest in out.items() if "__pycache__" not in name}
+
+
+def collect_bundle(root: Path | str, bundle: Path | str, out: Path | str | None = None) -> list[tuple[str, str, str]]:
+    """Record every finished cell of a bundle of scripts/device_grid.py (runs made on another
+    machine, with DVC there): each cell's files are laid into a checkout of the commit the
+    machine ran, whose every code file the bundle's manifest must match, and recorded as a
+    workspace there is (its dvc.lock vouches for its metrics, predictions and model)."""
+    import shutil
+    import tempfile
+
+    root, bundle = Path(root).resolve(), Path(bundle)
+    out = root / RECORDS if out is None else Path(out)
+    manifest, cells = _bundle_members(bundle)
+    revision = manifest.get("revision")
+    commit = (git(root, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}") or "").strip() if revision else ""
+    if not commit:
+        raise RecordError(f"bundle {bundle} ran revision {revision!r}, which is no commit of {root} (fetch it first)")
+    theirs = {k: v for k, v in manifest["code"].items() if "__pycache__" not in k}
+    ours = _revision_code(root, commit)
+    differ = sorted(p for p in set(theirs) | set(ours) if theirs.get(p) != ours.get(p))
+    if differ:
+        raise RecordError(f"bundle {bundle}: its code is not commit {commit[:12]}'s ({len(differ)} files differ, "
+                          f"first {differ[0]}): its runs cannot be recorded as that commit's")
+    finished = [c for c, state in sorted((manifest.get("cells") or {}).items()) if (state or {}).get("state") == "finished"]
+    missing = [c for c in finished if c not in cells]
+    if missing:
+        raise RecordError(f"bundle {bundle}: cell {missing[0]} is finished in its manifest but has no files")
+    found = []
+    checkout = Path(tempfile.mkdtemp(prefix="trajvid-bundle-"))
+    shutil.rmtree(checkout)
+    if git(root, "worktree", "add", "--detach", "--quiet", str(checkout), commit) is None:
+        raise RecordError(f"could not check out {commit[:12]} into {checkout} (`git worktree add`)")
+    try:
+        for cell in finished:
+            git(checkout, "checkout", "--quiet", "--force", commit, "--", ".")
+            git(checkout, "clean", "-fdxq")
+            for name, data in cells[cell].items():
+                target = checkout / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            source = f"{bundle.name}:{cell}"
+            record, why = record_of(checkout, source, None)
+            if record is None:
+                raise RecordError(f"bundle {bundle}: cell {cell} holds no finished run: {why}")
+            found.append((source, record, cells[cell]["metrics/predictions.parquet"]))
+    finally:
+        git(root, "worktree", "remove", "--force", str(checkout))
+        shutil.rmtree(checkout, ignore_errors=True)
+    done = [(source, record.name, write_record(record, data, out)) for source, record, data in found]
+    for cell, state in sorted((manifest.get("cells") or {}).items()):
+        if cell not in finished:
+            done.append((f"{bundle.name}:{cell}", "-", f"skipped: {(state or {}).get('state', 'no state')}"))
+    return done

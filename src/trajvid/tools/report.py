@@ -36,7 +36,7 @@ from trajvid.params import DataParams, TrainParams
 from trajvid.runtime.files import atomic_write, write_text
 from trajvid.tools import stats, study
 from trajvid.tools.git import default_revisions, resolve
-from trajvid.tools.records import Record, RecordError, load_records, record_of
+from trajvid.tools.records import Record, RecordError, device_kind, load_records, record_of
 
 CHARTS = ("accuracy_rmse", "per_class_accuracy", "learning_curves", "error_gflop", "time_tradeoff")
 CURVES = ("val/accuracy", "val/position_rmse")
@@ -52,10 +52,10 @@ class ReportError(TrajvidError):
 
 @dataclass
 class Configuration:
-    """The runs of one configuration (same data, code and params but the training seed)."""
+    """The runs of one configuration (same data, code, params but the training seed, and kind of device)."""
 
     label: str
-    key: str  # code and config fingerprints: what the seeds' bootstrap draws are named by
+    key: str  # code and config fingerprints (and a device kind other than cpu): what the seeds' bootstrap draws are named by
     runs: list[Record]
     quantities: list[dict[str, np.ndarray]] = field(default_factory=list)  # per run: stats.per_sample
     replicates: dict[str, np.ndarray] = field(default_factory=dict)  # stats.replicates of this group
@@ -154,7 +154,8 @@ def drop_repeats(runs: list[Record]) -> tuple[list[Record], list[str]]:
     default; the order given with NAMEs), the others named."""
     kept, dropped, seen = [], [], {}
     for r in runs:
-        key = (r.run["data_fingerprint"], r.run["code_fingerprint"], r.run["config_fingerprint"], str(r.run["train_seed"]))
+        key = (r.run["data_fingerprint"], r.run["code_fingerprint"], r.run["config_fingerprint"], device_kind(r.run),
+               str(r.run["train_seed"]))
         if key in seen:
             dropped.append(f"{r.name} (the same configuration and training seed as {seen[key]})")
             continue
@@ -164,7 +165,8 @@ def drop_repeats(runs: list[Record]) -> tuple[list[Record], list[str]]:
 
 
 def _base_label(r: Record) -> str:
-    return f"{r.run['backbone']} ({r.run['head']}, {r.run['mixed_precision']})"
+    kind = device_kind(r.run)
+    return f"{r.run['backbone']} ({r.run['head']}, {r.run['mixed_precision']}{'' if kind == 'cpu' else ', ' + kind})"
 
 
 def sections(runs: list[Record], replicates: int = stats.REPLICATES) -> list[Section]:
@@ -182,14 +184,15 @@ def sections(runs: list[Record], replicates: int = stats.REPLICATES) -> list[Sec
                                   f"({fingerprint[:12]}, {split}): one of their predictions files is not what its record says")
         by_config: dict[tuple, list[Record]] = {}
         for r in members:
-            by_config.setdefault((r.run["code_fingerprint"], r.run["config_fingerprint"]), []).append(r)
+            by_config.setdefault((r.run["code_fingerprint"], r.run["config_fingerprint"], device_kind(r.run)), []).append(r)
         configurations = []
-        for (code, config), group in by_config.items():
+        for (code, config, kind), group in by_config.items():
             label = _base_label(group[0])
             if sum(_base_label(g[0]) == label for g in by_config.values()) > 1:
                 label += f" [code {code[:6]}, config {config[:6]}]"  # the same backbone, head and precision otherwise
             group = sorted(group, key=lambda r: (str(r.run["train_seed"]), r.name))
-            configurations.append(Configuration(label, f"{code}/{config}", group,
+            key = f"{code}/{config}" + ("" if kind == "cpu" else f"/{kind}")  # CPU runs keep the draws they had
+            configurations.append(Configuration(label, key, group,
                                                 [stats.per_sample(r.predictions, CLASS_NAMES) for r in group]))
         configurations.sort(key=lambda c: c.label)
         copy_last = stats.copy_last_per_sample(members[0].predictions)

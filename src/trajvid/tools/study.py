@@ -11,21 +11,24 @@ left out), so a run of other data, precision, sizes, epochs or loss weights is n
 study, whatever its name. Within a cell, runs of different code (code fingerprint) are different
 configurations; the cell's figures are those of the configuration holding the most of the grid's
 seeds (ties: the one whose runs carry robustness scores, then by label), and the grid names the
-others. Every figure of the answer is one the tables beside it show (same replicates: tools/stats.py).
+others. The answer is one kind of device's grid (the kind holding the most of the grid's runs; cpu
+on a tie): runs of the same cell on another kind (a GPU's arithmetic is not the CPU's) are kept
+apart, named in the grid and never pooled or ranked with it. Every figure of the answer is one the
+tables beside it show (same replicates: tools/stats.py).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from trajvid.backbones import BACKBONES
 from trajvid.data.scene import CLASS_NAMES
 from trajvid.tools import stats
-from trajvid.tools.records import config_fingerprint
+from trajvid.tools.records import config_fingerprint, device_kind
 
 HEADS = ("keypoints", "pooled")
 SEEDS = (0, 1, 2)
@@ -56,8 +59,10 @@ def _grid_seeds(c) -> list:
 @dataclass
 class Study:
     section: object  # report.Section: the dataset the protocol's runs were scored on
-    cells: dict[tuple[str, str], list]  # (backbone, head) -> its configurations, the chosen one first
+    cells: dict[tuple[str, str], list]  # (backbone, head) -> its configurations on `device`, the chosen one first
     backbones: tuple[str, ...]  # the grid's networks (networks())
+    device: str = "cpu"  # the kind of device of every run the answer counts (records.device_kind)
+    elsewhere: dict[tuple[str, str], list] = field(default_factory=dict)  # the cells' configurations on other kinds
 
     @property
     def size(self) -> int:
@@ -87,16 +92,23 @@ def study_of(section, params: dict | None) -> Study | None:
     if not params or section.split != "test":
         return None
     cells_of = protocol(params)
-    cells: dict[tuple[str, str], list] = {}
+    by_kind: dict[str, dict[tuple[str, str], list]] = {}
     for c in section.configurations:
         cell = cells_of.get(c.first["config_fingerprint"])
         if cell:
-            cells.setdefault(cell, []).append(c)
-    if not cells:
+            by_kind.setdefault(device_kind(c.first), {}).setdefault(cell, []).append(c)
+    if not by_kind:
         return None
-    for configurations in cells.values():
-        configurations.sort(key=lambda c: (-len(_grid_seeds(c)), not all(r.robustness for r in c.runs), c.label))
-    return Study(section, cells, networks(params))
+    for cells in by_kind.values():
+        for configurations in cells.values():
+            configurations.sort(key=lambda c: (-len(_grid_seeds(c)), not all(r.robustness for r in c.runs), c.label))
+    # the kind whose grid is furthest along (its chosen configurations' seeds); cpu, then by name, on a tie
+    device = min(by_kind, key=lambda k: (-sum(len(_grid_seeds(cs[0])) for cs in by_kind[k].values()), k != "cpu", k))
+    elsewhere: dict[tuple[str, str], list] = {}
+    for kind in sorted(k for k in by_kind if k != device):
+        for cell, configurations in by_kind[kind].items():
+            elsewhere.setdefault(cell, []).extend(configurations)
+    return Study(section, by_kind[device], networks(params), device, elsewhere)
 
 
 def _seeds(c) -> str:
@@ -110,13 +122,15 @@ def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
         row = [backbone + (" (control)" if backbone == CONTROL else "")]
         for head in HEADS:
             configurations = study.cells.get((backbone, head)) or []
+            apart = "".join(f"; on {device_kind(c.first)} (not counted): seeds {_seeds(c)}"
+                            for c in study.elsewhere.get((backbone, head)) or [])
             if not configurations:
-                row.append("not run")
+                row.append("not run" + apart)
                 continue
             first, *others = configurations
             text = f"seeds {_seeds(first)}" + (" (complete)" if _grid_seeds(first) == list(SEEDS) else "")
             text += "".join(f"; other code {c.first['code_fingerprint'][:6]}: seeds {_seeds(c)}" for c in others)
-            row.append(text)
+            row.append(text + apart)
         rows.append(row)
     return ["backbone", *(f"{h} head" for h in HEADS)], rows
 
@@ -334,7 +348,7 @@ def _missing_text(study: Study) -> str:
 def answer(study: Study) -> str:
     """The answer and its limits in plain words, from the records alone (markdown paragraphs)."""
     section = study.section
-    parts = [f"**The grid**: {study.done()} of {study.size} runs recorded ({len(study.backbones)} networks × {len(HEADS)} heads "
+    parts = [f"**The grid**: {study.done()} of {study.size} runs recorded on {study.device} ({len(study.backbones)} networks × {len(HEADS)} heads "
              f"× training seeds {', '.join(map(str, SEEDS))}; data seed {section.data_seed}, "
              f"{section.dataset_size} samples, {section.scored} {section.split} samples scored)."]
     parts += [p for p in (_head_paragraph(study, h) for h in HEADS) if p]
@@ -356,7 +370,11 @@ def answer(study: Study) -> str:
     limits.append("each interval is 95 % on its own, with no correction for the number of comparisons")
     limits.append("one synthetic dataset with one camera rig; the shifted sets (Robustness) are the only test of "
                   "anything else")
-    counted = {id(c) for cs in study.cells.values() for c in cs}
+    apart = [c.label for cs in study.elsewhere.values() for c in cs]
+    if apart:
+        limits.append(f"every run counted here trained on {study.device}; the same cells run on another kind of "
+                      f"device are kept apart (shown in the tables below, never pooled with these): {', '.join(sorted(apart))}")
+    counted = {id(c) for cs in (*study.cells.values(), *study.elsewhere.values()) for c in cs}
     outside = [c.label for c in section.configurations if id(c) not in counted]
     if outside:
         limits.append("the tables below also show runs outside the protocol (params other than params.yaml's "
