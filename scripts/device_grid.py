@@ -16,11 +16,12 @@ DVC cache), checks that the dataset is byte for byte the one the records here we
 then runs each cell as a `dvc repro` in a copy of its own, with params.yaml's protocol and the
 cell's backbone, head and training seed. Cells go in the study's order (keypoints × every
 network × seed 0, then seeds 1 and 2, then the pooled head likewise), skipping those already
-recorded on the same kind of device; one starts only while the time left exceeds the longest
-run of that backbone seen so far, and the bundle (`grid.tar.gz`: each finished cell's dvc.lock,
-params.yaml, metrics/ and dvclive/; a manifest with the SHA-256 of every code file, the device and
-every cell's outcome) is rewritten after each cell, so a stop at the time limit keeps every
-finished run. Runs on one GPU share it: each has its own GPU-claim directory
+recorded on the same kind of device; the first wave starts at once, and later a cell starts only
+while the time left exceeds the longest run of its backbone so far (of any backbone, for one not
+run yet). The bundle (`grid.tar.gz`: each finished cell's dvc.lock, params.yaml,
+models/config.json, metrics/ and dvclive/; a manifest with the SHA-256 of every code file, the
+device and every cell's outcome) is rewritten after each cell, and on SIGTERM or the time limit
+the running cells are ended, so a stop keeps every finished run. Runs on one GPU share it: each has its own GPU-claim directory
 (runtime/gpus.py), so none waits for another.
 
     python3 scripts/device_grid.py run --cells i3d:keypoints:0,frame2d:pooled:1 ...   # chosen cells
@@ -34,6 +35,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -45,9 +47,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this repository's code, installed or not
 # what a cell's bundle keeps (what `trajvid collect --bundle` reads, never data or models), the code
 # files whose SHA-256 the manifest holds, and the grid: the readers of both say
+from trajvid.data.shards import dataset_fingerprint  # noqa: E402
 from trajvid.tools.records import BUNDLE_CODE as CODE  # noqa: E402
-from trajvid.tools.records import BUNDLE_KEPT as KEPT  # noqa: E402
-from trajvid.tools.records import device_kind  # noqa: E402
+from trajvid.tools.records import BUNDLE_FILES, BUNDLE_FOLDERS, device_kind  # noqa: E402
 from trajvid.tools.study import HEADS, SEEDS, networks, protocol  # noqa: E402
 
 BUNDLE = "grid.tar.gz"
@@ -135,6 +137,7 @@ class Grid:
         site = os.environ.get("PYTHONPATH", "")
         return {**os.environ, "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
                 "PYTHONPATH": f"{where / 'src'}{os.pathsep}{site}", "DVC_NO_ANALYTICS": "1",
+                "GIT_PYTHON_REFRESH": "quiet",  # no git there: GitPython must not refuse to import
                 "TRAJVID_GPU_LOCK_DIR": str(where / ".gpu-claims"), "PYTHONUNBUFFERED": "1"}
 
     def commands(self) -> None:
@@ -172,8 +175,6 @@ class Grid:
                              + (self.work / "base.log").read_text()[-3000:])
         self.manifest["data_s"] = round(time.time() - start, 1)
         print(f"data, shifted sets and baseline: {self.manifest['data_s']:.0f} s", flush=True)
-        from trajvid.data.shards import dataset_fingerprint
-
         self.manifest["data_fingerprint"] = dataset_fingerprint(base / "data" / "trajectories")
         return base
 
@@ -196,7 +197,7 @@ class Grid:
 
     def keep(self, cell: tuple[str, str, int], where: Path) -> None:
         files = {}
-        for name in KEPT:
+        for name in (*BUNDLE_FILES, *BUNDLE_FOLDERS):
             path = where / name
             for f in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []):
                 files[f.relative_to(where).as_posix()] = f.read_bytes()
@@ -219,12 +220,60 @@ class Grid:
         tmp.write_bytes(buffer.getvalue())
         tmp.replace(self.out / BUNDLE)  # whole or not at all
 
+    def reap(self, entry) -> None:
+        """A cell's process has ended: keep its files (exit 0) or its log's end."""
+        cell, proc, began, where = entry
+        seconds = time.time() - began
+        if proc.returncode == 0:
+            self.longest[cell[0]] = max(self.longest.get(cell[0], 0.0), seconds)
+            self.keep(cell, where)
+            self.cells[name_of(cell)] = {"state": "finished", "seconds": round(seconds, 1)}
+        else:
+            self.failed += proc.returncode != 0
+            log = (where / "run.log").read_text(errors="replace")
+            self.cells[name_of(cell)] = {"state": f"failed (exit {proc.returncode})", "seconds": round(seconds, 1),
+                                         "log": log[-2000:]}
+        print(f"{name_of(cell)}: {self.cells[name_of(cell)]['state']} in {seconds:.0f} s", flush=True)
+        self.write_bundle()
+        shutil.rmtree(where / "data", ignore_errors=True)
+
+    def stop(self, why: str) -> None:
+        """End every running cell (SIGTERM, then SIGKILL after 30 s): what finished meanwhile is kept."""
+        for entry in list(self.running):
+            cell, proc, began, where = entry
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                self.cells[name_of(cell)] = {"state": why, "seconds": round(time.time() - began, 1)}
+                print(f"{name_of(cell)}: {why}", flush=True)
+            else:
+                self.reap(entry)
+        self.running = []
+        self.write_bundle()
+
+    def fits(self, backbone: str, left: float) -> bool:
+        """Whether a run of `backbone` would end in the time left: its longest run so far and a tenth
+        more; one never run here yet, the longest of any backbone (at first, every one may start)."""
+        estimate = self.longest.get(backbone, max(self.longest.values(), default=0.0))
+        return estimate * 1.1 < left
+
     def run(self) -> int:
         args = self.args
         params = yaml.safe_load((self.root / "params.yaml").read_text())
-        kind = "cuda" if device_name() != "cpu" else "cpu"
+        import torch
+
+        if self.manifest["device"] != "cpu" and not torch.cuda.is_available():
+            print(f"error: nvidia-smi lists {self.manifest['device']} but torch {torch.__version__} sees no CUDA device",
+                  file=sys.stderr)
+            return 2
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+        self.manifest["torch"] = torch.__version__
         if args.cells:
-            todo = [parse_cell(c, networks(params)) for c in args.cells.split(",")]
+            todo = list(dict.fromkeys(parse_cell(c, networks(params)) for c in args.cells.split(",")))
         else:
             done = recorded_cells(self.root, params, kind)
             todo = [c for c in study_order(list(networks(params))) if c not in done]
@@ -232,6 +281,13 @@ class Grid:
         self.commands()
         self.work.mkdir(parents=True, exist_ok=True)
         self.write_bundle()
+        self.longest, self.running, self.failed = {}, [], 0
+
+        def terminated(signum, frame):  # the device tool's time limit: keep what finished, leave no orphan
+            self.stop("stopped by a signal")
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, terminated)
         base = self.base(params)
         expected = expected_data(self.root, params)
         if expected and expected != self.manifest["data_fingerprint"]:
@@ -242,33 +298,14 @@ class Grid:
             print(f"error: {self.manifest['error']}", file=sys.stderr)
             return 2
         deadline = self.started + args.budget_s
-        longest: dict[str, float] = {}
-        running: list[tuple[tuple, subprocess.Popen, float, Path]] = []
-        failed = 0
-        while todo or running:
-            for entry in list(running):
-                cell, proc, began, where = entry
-                if proc.poll() is None:
-                    continue
-                running.remove(entry)
-                seconds = time.time() - began
-                log = (where / "run.log").read_text(errors="replace")
-                if proc.returncode == 0:
-                    longest[cell[0]] = max(longest.get(cell[0], 0.0), seconds)
-                    self.keep(cell, where)
-                    self.cells[name_of(cell)] = {"state": "finished", "seconds": round(seconds, 1)}
-                else:
-                    failed += 1
-                    self.cells[name_of(cell)] = {"state": f"failed (exit {proc.returncode})",
-                                                 "seconds": round(seconds, 1), "log": log[-2000:]}
-                print(f"{name_of(cell)}: {self.cells[name_of(cell)]['state']} in {seconds:.0f} s", flush=True)
-                self.write_bundle()
-                shutil.rmtree(where / "data", ignore_errors=True)
+        while todo or self.running:
+            for entry in list(self.running):
+                if entry[1].poll() is not None:
+                    self.running.remove(entry)
+                    self.reap(entry)
             left = deadline - time.time()
-            while len(running) < args.parallel:
-                # the first cell in the study's order that would finish in the time left (the longest
-                # run of its backbone so far, and a tenth more)
-                cell = next((c for c in todo if longest.get(c[0], 0.0) * 1.1 < left), None)
+            while len(self.running) < args.parallel:
+                cell = next((c for c in todo if self.fits(c[0], left)), None)  # the first in the study's order that fits
                 if cell is None:
                     break
                 todo.remove(cell)
@@ -276,25 +313,24 @@ class Grid:
                 log = open(where / "run.log", "w")
                 proc = subprocess.Popen([str(self.bin / "dvc"), "repro"], cwd=where, env=self.env(where),
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-                running.append((cell, proc, time.time(), where))
-                print(f"{name_of(cell)}: started ({len(running)} running, {left:.0f} s left)", flush=True)
-            if not running and todo:
+                self.running.append((cell, proc, time.time(), where))
+                print(f"{name_of(cell)}: started ({len(self.running)} running, {left:.0f} s left)", flush=True)
+            if not self.running and todo:
                 break  # nothing left that fits
             if time.time() > deadline:
-                for cell, proc, began, where in running:
-                    os.killpg(proc.pid, 15)
-                    proc.wait()
-                    self.cells[name_of(cell)] = {"state": "stopped at the time limit", "seconds": round(time.time() - began, 1)}
-                running = []
+                self.stop("stopped at the time limit")
                 break
             time.sleep(2)
         for cell in todo:
             self.cells.setdefault(name_of(cell), {"state": "not started (no time left)"})
+        if dataset_fingerprint(base / "data" / "trajectories") != self.manifest["data_fingerprint"]:
+            self.manifest["error"] = "the shared dataset changed while the cells ran"  # hard links: one copy for all
         self.write_bundle()
         finished = sum(c["state"] == "finished" for c in self.cells.values())
-        print(f"{finished} cells finished, {failed} failed, in {time.time() - self.started:.0f} s; "
-              f"bundle {self.out / BUNDLE}", flush=True)
-        return 1 if failed else 0
+        print(f"{finished} cells finished, {self.failed} failed, in {time.time() - self.started:.0f} s; "
+              f"bundle {self.out / BUNDLE}" + (f"; error: {self.manifest['error']}" if "error" in self.manifest else ""),
+              flush=True)
+        return 1 if self.failed or "error" in self.manifest else 0
 
 
 def name_of(cell: tuple[str, str, int]) -> str:

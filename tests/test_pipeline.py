@@ -164,8 +164,10 @@ def test_a_grid_run_elsewhere_is_recorded_as_the_commit_it_ran(baseline, tmp_pat
         target = tmp_path / f"tampered-{len(list(tmp_path.glob('tampered-*')))}.tar.gz"
         with tarfile.open(bundle) as source, tarfile.open(target, "w:gz") as tar:
             for member in source:
-                data = source.extractfile(member).read()
-                member, data = edit(member, data)
+                edited = edit(member, source.extractfile(member).read())
+                if edited is None:
+                    continue  # left out
+                member, data = edited
                 member.size = len(data)
                 tar.addfile(member, io.BytesIO(data))
         return target
@@ -191,6 +193,13 @@ def test_a_grid_run_elsewhere_is_recorded_as_the_commit_it_ran(baseline, tmp_pat
             refused = run(["trajvid", "collect", "--bundle", str(bad)], baseline, check=False)
             assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and needle in refused.stderr, refused.stderr
             assert not records.exists()
+        # a cell logs only its own curves: none of the commit's own run (the workspace's dvclive/) creeps in
+        curve = "dvclive/plots/metrics/val/keypoint_distance_px.tsv"
+        fewer = tampered(lambda m, d: None if m.name.endswith(curve) else (m, d))
+        run(["trajvid", "collect", "--bundle", str(fewer)], baseline)
+        [only] = records.iterdir()
+        assert "val/keypoint_distance_px" not in json.loads((only / "curves.json").read_text())
+        shutil.rmtree(records)
         collected = run(["trajvid", "collect", "--bundle", str(bundle)], baseline).stdout
         [name] = [p.name for p in records.iterdir()]
         assert collected == f"grid.tar.gz:i3d-keypoints-seed0: {name} written\n", collected

@@ -452,8 +452,10 @@ def load_records(root: Path | str = ".", records: Path | str | None = None) -> l
 
 # -- runs made elsewhere: a bundle of scripts/device_grid.py -------------------------------------
 
-BUNDLE_KEPT = ("dvc.lock", "params.yaml", "metrics/", "dvclive/", "models/config.json")  # of each cell: never data or models
+BUNDLE_FILES = ("dvc.lock", "params.yaml", "models/config.json")  # of each cell, with the folders below
+BUNDLE_FOLDERS = ("metrics/", "dvclive/")  # never data or models
 BUNDLE_CODE = ("src", "dvc.yaml", "params.yaml", "pyproject.toml")  # the files the manifest must hash as the commit has them
+BUNDLE_MAX_BYTES = 256 * 2**20  # a bundle of all 30 cells is a few MB
 
 
 def _bundle_members(path: Path) -> tuple[dict, dict[str, dict[str, bytes]]]:
@@ -467,52 +469,82 @@ def _bundle_members(path: Path) -> tuple[dict, dict[str, dict[str, bytes]]]:
         tar = tarfile.open(path, mode="r:gz")
     except (OSError, tarfile.TarError) as error:
         raise RecordError(f"{where} is not a gzip'd tar file ({error})") from None
-    manifest, cells = None, {}
+    manifest, cells, total = None, {}, 0
     with tar:
         try:
-            members = [(m, tar.extractfile(m).read() if m.isfile() else b"") for m in tar]
+            for member in tar:
+                parts = member.name.split("/")
+                if not member.isfile() or any(p in ("", ".", "..") for p in parts):
+                    raise RecordError(f"{where}: member {member.name!r} is not a plain file with a relative path")
+                inner = "/".join(parts[2:])
+                if member.name != "manifest.json" and not (
+                        len(parts) >= 3 and parts[0] == "cells" and (inner in BUNDLE_FILES or inner.startswith(BUNDLE_FOLDERS))):
+                    raise RecordError(f"{where}: member {member.name!r} is not a cell's dvc.lock, params.yaml, "
+                                      "models/config.json, metrics or dvclive file")
+                total += member.size
+                if total > BUNDLE_MAX_BYTES:
+                    raise RecordError(f"{where} holds more than {BUNDLE_MAX_BYTES // 2**20} MiB: not a bundle of run records")
+                data = tar.extractfile(member).read()
+                if member.name == "manifest.json":
+                    try:
+                        manifest = json.loads(data)
+                    except ValueError:
+                        raise RecordError(f"{where}: its manifest.json is not JSON") from None
+                else:
+                    cells.setdefault(parts[1], {})[inner] = data
         except (OSError, EOFError, tarfile.TarError, zlib.error) as error:
             raise RecordError(f"{where} is damaged or truncated ({error})") from None
-        for member, data in members:
-            parts = member.name.split("/")
-            if not member.isfile() or any(p in ("", ".", "..") for p in parts):
-                raise RecordError(f"{where}: member {member.name!r} is not a plain file with a relative path")
-            if member.name == "manifest.json":
-                try:
-                    manifest = json.loads(data)
-                except ValueError:
-                    raise RecordError(f"{where}: its manifest.json is not JSON") from None
-            elif len(parts) >= 3 and parts[0] == "cells" and "/".join(parts[2:]).startswith(BUNDLE_KEPT):
-                cells.setdefault(parts[1], {})["/".join(parts[2:])] = data
-            else:
-                raise RecordError(f"{where}: member {member.name!r} is not a cell's dvc.lock, params.yaml, metrics "
-                                  "or dvclive file")
-    if not isinstance(manifest, dict) or manifest.get("format") != 1 or not isinstance(manifest.get("code"), dict):
+    states = manifest.get("cells") if isinstance(manifest, dict) else None
+    if (not isinstance(manifest, dict) or manifest.get("format") != 1 or not isinstance(manifest.get("code"), dict)
+            or not isinstance(states, dict) or not all(isinstance(v, dict) for v in states.values())):
         raise RecordError(f"{where}: no manifest.json of format 1 (written by scripts/device_grid.py)")
+    for cell, files in cells.items():  # a folder and a file of one name cannot both be laid out
+        clash = next((n for n in files if any("/".join(n.split("/")[:i]) in files for i in range(1, n.count("/") + 1))), None)
+        if clash:
+            raise RecordError(f"{where}: cell {cell}'s {clash} lies under one of its files")
     return manifest, cells
 
 
-def _revision_code(root: Path, revision: str) -> dict[str, str]:
-    """{path: SHA-256} of the revision's BUNDLE_CODE files."""
+def _revision_code(root: Path, revision: str) -> dict[str, tuple[str, str]]:
+    """{path: (SHA-256, MD5)} of the revision's BUNDLE_CODE files."""
     listing = git(root, "ls-tree", "-r", "-z", revision, "--", *BUNDLE_CODE) or ""
     entries = [line.split("\t", 1) for line in listing.split("\0") if line]
     blobs = [(meta.split()[2], name) for meta, name in entries if meta.split()[1] == "blob"]
     batch = subprocess.run(["git", "cat-file", "--batch"], cwd=root, input="".join(f"{b}\n" for b, _ in blobs).encode(),
                            capture_output=True, check=True).stdout
     out, at = {}, 0
-    for blob, name in blobs:
+    for blob, name in blobs:  # each: "<sha> blob <size>\n<content>\n"
         header_end = batch.index(b"\n", at)
         size = int(batch[at:header_end].split()[2])
-        out[name] = hashlib.sha256(batch[header_end + 1:header_end + 1 + size]).hexdigest()
+        content = batch[header_end + 1:header_end + 1 + size]
+        out[name] = (hashlib.sha256(content).hexdigest(), _md5(content))
         at = header_end + 1 + size + 1
-    return {name: digest for name, digest in out.items() if "__pycache__" not in name}
+    return {name: digests for name, digests in out.items() if "__pycache__" not in name}
+
+
+def _lock_code_differs(lock_text: bytes, ours: dict[str, tuple[str, str]]) -> str | None:
+    """The first code file a cell's dvc.lock ran (a file dep under src/) whose md5 is not the commit's."""
+    try:
+        lock = yaml.safe_load(lock_text) or {}
+        stages = lock["stages"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return "dvc.lock"
+    for stage in stages.values():
+        for dep in (stage or {}).get("deps") or []:
+            path = dep.get("path", "")
+            if path.startswith("src/") and not str(dep.get("md5", "")).endswith(".dir"):
+                if path not in ours or ours[path][1] != dep.get("md5"):
+                    return path
+    return None
 
 
 def collect_bundle(root: Path | str, bundle: Path | str, out: Path | str | None = None) -> list[tuple[str, str, str]]:
     """Record every finished cell of a bundle of scripts/device_grid.py (runs made on another
-    machine, with DVC there): each cell's files are laid into a checkout of the commit the
-    machine ran, whose every code file the bundle's manifest must match, and recorded as a
-    workspace there is (its dvc.lock vouches for its metrics, predictions and model)."""
+    machine, with DVC there): the bundle's manifest must hash every code file as the commit it
+    names has it, and each cell's dvc.lock must have run those files; each cell's files are laid
+    into a clean checkout of that commit (the commit's own dvclive/ and metrics/ removed first)
+    and recorded as a workspace there is (its dvc.lock vouches for its metrics, predictions and
+    model). Nothing is written unless every finished cell is a run."""
     import shutil
     import tempfile
 
@@ -520,19 +552,24 @@ def collect_bundle(root: Path | str, bundle: Path | str, out: Path | str | None 
     out = root / RECORDS if out is None else Path(out)
     manifest, cells = _bundle_members(bundle)
     revision = manifest.get("revision")
-    commit = (git(root, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}") or "").strip() if revision else ""
+    commit = (git(root, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}") or "").strip() if isinstance(revision, str) else ""
     if not commit:
         raise RecordError(f"bundle {bundle} ran revision {revision!r}, which is no commit of {root} (fetch it first)")
     theirs = {k: v for k, v in manifest["code"].items() if "__pycache__" not in k}
     ours = _revision_code(root, commit)
-    differ = sorted(p for p in set(theirs) | set(ours) if theirs.get(p) != ours.get(p))
+    differ = sorted(p for p in set(theirs) | set(ours) if theirs.get(p) != (ours.get(p) or (None,))[0])
     if differ:
         raise RecordError(f"bundle {bundle}: its code is not commit {commit[:12]}'s ({len(differ)} files differ, "
                           f"first {differ[0]}): its runs cannot be recorded as that commit's")
-    finished = [c for c, state in sorted((manifest.get("cells") or {}).items()) if (state or {}).get("state") == "finished"]
-    missing = [c for c in finished if c not in cells]
-    if missing:
-        raise RecordError(f"bundle {bundle}: cell {missing[0]} is finished in its manifest but has no files")
+    finished = [c for c, state in sorted(manifest["cells"].items()) if state.get("state") == "finished"]
+    for cell in finished:
+        if "dvc.lock" not in cells.get(cell, {}) or "metrics/predictions.parquet" not in cells[cell]:
+            raise RecordError(f"bundle {bundle}: cell {cell} is finished in its manifest but lacks its dvc.lock or "
+                              "metrics/predictions.parquet")
+        changed = _lock_code_differs(cells[cell]["dvc.lock"], ours)
+        if changed:
+            raise RecordError(f"bundle {bundle}: cell {cell}'s dvc.lock ran another {changed} than commit {commit[:12]}'s")
+    git(root, "worktree", "prune")  # a checkout left by a collect that was killed
     found = []
     checkout = Path(tempfile.mkdtemp(prefix="trajvid-bundle-"))
     shutil.rmtree(checkout)
@@ -542,6 +579,9 @@ def collect_bundle(root: Path | str, bundle: Path | str, out: Path | str | None 
         for cell in finished:
             git(checkout, "checkout", "--quiet", "--force", commit, "--", ".")
             git(checkout, "clean", "-fdxq")
+            for name in (*BUNDLE_FILES, *BUNDLE_FOLDERS):  # the commit's own run: none of it is this cell's
+                path = checkout / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             for name, data in cells[cell].items():
                 target = checkout / name
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -550,12 +590,12 @@ def collect_bundle(root: Path | str, bundle: Path | str, out: Path | str | None 
             record, why = record_of(checkout, source, None)
             if record is None:
                 raise RecordError(f"bundle {bundle}: cell {cell} holds no finished run: {why}")
-            found.append((source, record, cells[cell]["metrics/predictions.parquet"]))
+            found.append((source, record, (checkout / "metrics" / "predictions.parquet").read_bytes()))
     finally:
         git(root, "worktree", "remove", "--force", str(checkout))
         shutil.rmtree(checkout, ignore_errors=True)
     done = [(source, record.name, write_record(record, data, out)) for source, record, data in found]
-    for cell, state in sorted((manifest.get("cells") or {}).items()):
+    for cell, state in sorted(manifest["cells"].items()):
         if cell not in finished:
-            done.append((f"{bundle.name}:{cell}", "-", f"skipped: {(state or {}).get('state', 'no state')}"))
+            done.append((f"{bundle.name}:{cell}", "-", f"skipped: {state.get('state', 'no state')}"))
     return done
