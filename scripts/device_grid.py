@@ -75,26 +75,22 @@ def study_order(networks: list[str]) -> list[tuple[str, str, int]]:
     return [(b, h, s) for h in HEADS for s in SEEDS for b in networks]
 
 
+def protocol_runs(root: Path, params: dict) -> list[tuple[tuple[str, str], dict]]:
+    """((backbone, head), run.json) of every record here of params.yaml's protocol."""
+    cells = protocol(params)
+    runs = [json.loads(p.read_text()) for p in sorted((root / "results" / "runs").glob("*/run.json"))]
+    return [(cells[run["config_fingerprint"]], run) for run in runs if run.get("config_fingerprint") in cells]
+
+
 def recorded_cells(root: Path, params: dict, kind: str) -> set[tuple[str, str, int]]:
     """(backbone, head, seed) of the records here of params.yaml's protocol on this kind of device."""
-    cells = protocol(params)
-    found = set()
-    for run_json in sorted((root / "results" / "runs").glob("*/run.json")):
-        run = json.loads(run_json.read_text())
-        cell = cells.get(run.get("config_fingerprint"))
-        if cell and device_kind(run) == kind and run.get("train_seed") in SEEDS:
-            found.add((*cell, run["train_seed"]))
-    return found
+    return {(*cell, run["train_seed"]) for cell, run in protocol_runs(root, params)
+            if device_kind(run) == kind and run.get("train_seed") in SEEDS}
 
 
 def expected_data(root: Path, params: dict) -> str | None:
     """The data fingerprint of the records here of params.yaml's protocol (None: no record yet)."""
-    cells = protocol(params)
-    for run_json in sorted((root / "results" / "runs").glob("*/run.json")):
-        run = json.loads(run_json.read_text())
-        if run.get("config_fingerprint") in cells:
-            return run["data_fingerprint"]
-    return None
+    return next((run["data_fingerprint"] for _, run in protocol_runs(root, params)), None)
 
 
 def code_hashes(root: Path) -> dict[str, str]:
@@ -196,12 +192,9 @@ class Grid:
         return where
 
     def keep(self, cell: tuple[str, str, int], where: Path) -> None:
-        files = {}
-        for name in (*BUNDLE_FILES, *BUNDLE_FOLDERS):
-            path = where / name
-            for f in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []):
-                files[f.relative_to(where).as_posix()] = f.read_bytes()
-        self.bundled[name_of(cell)] = files
+        paths = [where / name for name in BUNDLE_FILES if (where / name).is_file()]
+        paths += sorted(p for name in BUNDLE_FOLDERS for p in (where / name).rglob("*") if p.is_file())
+        self.bundled[name_of(cell)] = {p.relative_to(where).as_posix(): p.read_bytes() for p in paths}
 
     def write_bundle(self) -> None:
         self.manifest["wall_s"] = round(time.time() - self.started, 1)
@@ -310,9 +303,9 @@ class Grid:
                     break
                 todo.remove(cell)
                 where = self.prepare(base, params, cell)
-                log = open(where / "run.log", "w")
-                proc = subprocess.Popen([str(self.bin / "dvc"), "repro"], cwd=where, env=self.env(where),
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                with open(where / "run.log", "w") as log:  # the process keeps its own copy of the descriptor
+                    proc = subprocess.Popen([str(self.bin / "dvc"), "repro"], cwd=where, env=self.env(where),
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 self.running.append((cell, proc, time.time(), where))
                 print(f"{name_of(cell)}: started ({len(self.running)} running, {left:.0f} s left)", flush=True)
             if not self.running and todo:

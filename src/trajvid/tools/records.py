@@ -530,8 +530,7 @@ def _lock_code_differs(lock_text: bytes, ours: dict[str, tuple[str, str]]) -> st
     except (yaml.YAMLError, KeyError, TypeError):
         return "dvc.lock"
     for stage in stages.values():
-        for dep in (stage or {}).get("deps") or []:
-            path = dep.get("path", "")
+        for path, dep in _stage_files(stage or {}, "deps").items():
             if path.startswith("src/") and not str(dep.get("md5", "")).endswith(".dir"):
                 if path not in ours or ours[path][1] != dep.get("md5"):
                     return path
