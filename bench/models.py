@@ -5,6 +5,7 @@ per sample, achieved GFLOP/s and utilisation against this machine's own best rat
     python bench/models.py --backbone magvit --steps 5
     python bench/models.py --bf16                # bf16 autocast (utilisation against the bf16 peak)
     python bench/models.py --profile             # + the top ops by self CPU time of a train step
+    python bench/models.py --compile             # the backbone's encoder under torch.compile (inductor)
     python bench/models.py --device cuda --bf16  # on a GPU machine
 
 Each backbone runs in its own process so that its peak memory (max RSS on CPU,
@@ -17,6 +18,19 @@ the MATH attention backend: torch 2.13 counts the CPU flash-attention kernel as 
 machine's best rates are measured in the same run, before the backbones: a 4096 x 4096 matrix
 product and a 3 x 3 x 3 convolution (64 -> 64 channels, 8 x 16 x 32 x 32), in fp32 and bf16.
 Utilisation = achieved train GFLOP/s / the best of the two rates of the same precision.
+
+With --compile, each backbone's `encode` (everything after the uint8 -> float input fusion, which
+stays eager because it writes into a reused buffer) runs under `torch.compile` (inductor; on CPU
+it compiles C++ with the system compiler); FLOPs are counted on the eager model, and the first
+compiled step's time (compilation of forward and backward) is printed as `compile s`. The eager
+and compiled encoders alternate in one process (three rounds of --steps steps each; the median of
+each is printed), because this machine's rate drifts between runs by more than many changes gain.
+Only train/s is compiled; inference and --profile are measured eager, after the A/B. Peak memory
+then covers both encoders and the compilation.
+
+The CPU's model and vector ISA are printed first: sessions land on different CPUs (AMD Zen 5
+with AVX512_BF16; AMD Zen 3 with AVX2 only, where bf16 has no native units and its yardsticks
+are skipped), and figures compare only on the same one.
 """
 
 from __future__ import annotations
@@ -50,7 +64,10 @@ def peak_rates(device: str) -> dict:
         return flops / best / 1e9
 
     rates = {}
-    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+    precisions = [(torch.float32, "fp32")]
+    if native_bf16(device):
+        precisions.append((torch.bfloat16, "bf16"))
+    for dtype, label in precisions:
         a = torch.randn(4096, 4096, device=device, dtype=dtype)
         b = torch.randn(4096, 4096, device=device, dtype=dtype)
         x = torch.randn(8, 64, 16, 32, 32, device=device, dtype=dtype)
@@ -59,6 +76,37 @@ def peak_rates(device: str) -> dict:
         rates[f"gemm_{label}"] = rate(lambda: a @ b, 2 * 4096**3)
         rates[f"conv3d_{label}"] = rate(lambda: F.conv3d(x, w, padding=1), conv_flops)
     return {k: round(v, 1) for k, v in rates.items()}
+
+
+def native_bf16(device: str) -> bool:
+    """Whether bf16 matrix products run on native units here. On a CPU without them (AVX2 only,
+    e.g. AMD Zen 3) torch 2.13 falls back to a scalar single-threaded GEMM: a 4096 x 4096 bf16
+    product then takes minutes, not a second (seen 2026-12-03)."""
+    import torch
+
+    return not device.startswith("cpu") or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the vector ISA torch dispatches to (AVX2, AVX512, ...): sessions of
+    this project land on different CPUs, and rates compare only on the same one."""
+    import torch
+
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+            f.seek(0)
+            text = f.read()
+        family = next(line.split(":")[1].strip() for line in text.splitlines() if line.startswith("cpu family"))
+        model = next(line.split(":")[1].strip() for line in text.splitlines() if line.startswith("model\t"))
+        name += f" (family {family}, model {model})"
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {native_bf16('cpu')}"
 
 
 def profile_step(train_step, rows: int = 15) -> str:
@@ -72,11 +120,14 @@ def profile_step(train_step, rows: int = 15) -> str:
 
 
 def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads: int, head: str,
-            profile: bool = False) -> dict:
+            profile: bool = False, compile: bool = False) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    if bf16 and not native_bf16(device):
+        raise SystemExit(f"--bf16 on this CPU ({cpu_name()}): no native bf16 units, torch would use a scalar "
+                         "fallback that takes minutes a step; run without --bf16")
     from trajvid.head.multitask import build_model, count_parameters, multitask_loss
     from trajvid.params import HeadParams
     from trajvid.tools.flops import flops_per_sample
@@ -102,14 +153,42 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
 
     model.train()
     forward_gflop, step_gflop = flops_per_sample(model, videos, labels, positions, autocast)
-    for _ in range(2):
-        train_step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    sync()
-    train_rate = batch * steps / (time.perf_counter() - start)
+
+    def timed_rate(n: int) -> float:
+        sync()
+        start = time.perf_counter()
+        for _ in range(n):
+            train_step()
+        sync()
+        return batch * n / (time.perf_counter() - start)
+
+    eager_rate = None
+    first_step_s = None
+    if compile:
+        # Interleaved A/B in this one process (this machine's rate drifts by up to ~20 % between
+        # runs): eager and compiled encoders alternate, `steps` steps each, three rounds; medians.
+        eager_encode = model.backbone.encode
+        compiled_encode = torch.compile(eager_encode)
+        timed_rate(2)  # eager warm-up
+        model.backbone.encode = compiled_encode
+        sync()
+        start = time.perf_counter()
+        train_step()  # compiles forward and backward
+        sync()
+        first_step_s = time.perf_counter() - start
+        timed_rate(1)
+        eager_rates, compiled_rates = [], []
+        for _ in range(3):
+            model.backbone.encode = eager_encode
+            eager_rates.append(timed_rate(steps))
+            model.backbone.encode = compiled_encode
+            compiled_rates.append(timed_rate(steps))
+        eager_rate = sorted(eager_rates)[1]
+        train_rate = sorted(compiled_rates)[1]
+        model.backbone.encode = eager_encode  # inference and the profile below are eager
+    else:
+        timed_rate(2)  # warm-up
+        train_rate = timed_rate(steps)
 
     model.eval()
     with torch.no_grad(), autocast:
@@ -141,6 +220,9 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
         "peak_memory_mb": round(peak_mb),
         "device": device,
         "dtype": "bf16" if bf16 else "fp32",
+        "compiled": compile,
+        "compile_s": round(first_step_s, 1) if compile else None,
+        "eager_train_samples_per_s": round(eager_rate, 1) if compile else None,
         "head": head,
         "batch": batch,
         "threads": torch.get_num_threads(),
@@ -158,13 +240,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--json", action="store_true", help="print one JSON object per backbone")
     parser.add_argument("--profile", action="store_true", help="print the top ops of a train step per backbone")
+    parser.add_argument("--compile", action="store_true", help="run each backbone's encoder under torch.compile")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-peaks", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         print(json.dumps(measure(args.backbone[0], args.device, args.bf16, args.batch, args.steps, args.threads, args.head,
-                                 args.profile)))
+                                 args.profile, args.compile)))
         return
     if args.child_peaks:
         import torch
@@ -181,10 +264,14 @@ def main() -> None:
     peaks = json.loads(subprocess.run([sys.executable, __file__, "--child-peaks", *common], check=True,
                                       capture_output=True, text=True, env=os.environ).stdout.strip().splitlines()[-1])
     precision = "bf16" if args.bf16 else "fp32"
+    if f"gemm_{precision}" not in peaks:
+        raise SystemExit(f"--bf16 on this CPU ({cpu_name()}): no native bf16 units; run without --bf16")
     best = max(peaks[f"gemm_{precision}"], peaks[f"conv3d_{precision}"])
     if args.json:
-        print(json.dumps({"machine_gflop_per_s": peaks}))
+        print(json.dumps({"machine_gflop_per_s": peaks, "cpu": cpu_name() if args.device == "cpu" else None}))
     else:
+        if args.device == "cpu":
+            print(f"CPU: {cpu_name()}")
         print("this machine's best GFLOP/s: " + ", ".join(f"{k} {v}" for k, v in peaks.items())
               + f"; utilisation below is against {best} ({precision})")
         print(f"{'backbone':<12} {'params':>10} {'train/s':>8} {'infer/s':>8} {'GFLOP fwd':>9} {'GFLOP step':>10} "
@@ -194,6 +281,7 @@ def main() -> None:
         cmd += ["--batch", str(args.batch), "--steps", str(args.steps)]
         cmd += ["--bf16"] if args.bf16 else []
         cmd += ["--profile"] if args.profile else []
+        cmd += ["--compile"] if args.compile else []
         cmd += ["--head", args.head]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
         row = json.loads(out.strip().splitlines()[-1])
@@ -206,7 +294,9 @@ def main() -> None:
             f"{name:<12} {row['params']:>10,} {row['train_samples_per_s']:>8} {row['infer_samples_per_s']:>8} "
             f"{row['forward_gflop_per_sample']:>9} {row['train_gflop_per_sample']:>10} {row['train_gflop_per_s']:>8} "
             f"{row['utilisation']:>5.0%} {row['peak_memory_mb']:>8}  {row['device']} {row['dtype']} batch {row['batch']} "
-            f"threads {row['threads']} head {row['head']}", flush=True)
+            f"threads {row['threads']} head {row['head']}"
+            + (f" compiled (compile s {row['compile_s']}; eager train/s {row['eager_train_samples_per_s']},"
+               " interleaved)" if row["compiled"] else ""), flush=True)
         if profile:
             print(profile, flush=True)
 
