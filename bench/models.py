@@ -92,20 +92,17 @@ def cpu_name() -> str:
     this project land on different CPUs, and rates compare only on the same one."""
     import torch
 
-    name = "unknown CPU"
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-            f.seek(0)
-            text = f.read()
-        family = next(line.split(":")[1].strip() for line in text.splitlines() if line.startswith("cpu family"))
-        model = next(line.split(":")[1].strip() for line in text.splitlines() if line.startswith("model\t"))
-        name += f" (family {family}, model {model})"
-    except (OSError, StopIteration):
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())  # the first processor's
+    except OSError:
         pass
+    name = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
     return f"{name}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {native_bf16('cpu')}"
 
 
@@ -125,9 +122,6 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
 
     if threads:
         torch.set_num_threads(threads)
-    if bf16 and not native_bf16(device):
-        raise SystemExit(f"--bf16 on this CPU ({cpu_name()}): no native bf16 units, torch would use a scalar "
-                         "fallback that takes minutes a step; run without --bf16")
     from trajvid.head.multitask import build_model, count_parameters, multitask_loss
     from trajvid.params import HeadParams
     from trajvid.tools.flops import flops_per_sample
@@ -162,8 +156,7 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
         sync()
         return batch * n / (time.perf_counter() - start)
 
-    eager_rate = None
-    first_step_s = None
+    eager_rate = first_step_s = None
     if compile:
         # Interleaved A/B in this one process (this machine's rate drifts by up to ~20 % between
         # runs): eager and compiled encoders alternate, `steps` steps each, three rounds; medians.
@@ -171,11 +164,7 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
         compiled_encode = torch.compile(eager_encode)
         timed_rate(2)  # eager warm-up
         model.backbone.encode = compiled_encode
-        sync()
-        start = time.perf_counter()
-        train_step()  # compiles forward and backward
-        sync()
-        first_step_s = time.perf_counter() - start
+        first_step_s = batch / timed_rate(1)  # compiles forward and backward
         timed_rate(1)
         eager_rates, compiled_rates = [], []
         for _ in range(3):
@@ -221,8 +210,8 @@ def measure(name: str, device: str, bf16: bool, batch: int, steps: int, threads:
         "device": device,
         "dtype": "bf16" if bf16 else "fp32",
         "compiled": compile,
-        "compile_s": round(first_step_s, 1) if compile else None,
-        "eager_train_samples_per_s": round(eager_rate, 1) if compile else None,
+        "compile_s": None if first_step_s is None else round(first_step_s, 1),
+        "eager_train_samples_per_s": None if eager_rate is None else round(eager_rate, 1),
         "head": head,
         "batch": batch,
         "threads": torch.get_num_threads(),
@@ -244,6 +233,9 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-peaks", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bf16 and not native_bf16(args.device):
+        raise SystemExit(f"--bf16 on this CPU ({cpu_name()}): no native bf16 units, torch would use a scalar "
+                         "fallback that takes minutes a step; run without --bf16")
 
     if args.child:
         print(json.dumps(measure(args.backbone[0], args.device, args.bf16, args.batch, args.steps, args.threads, args.head,
@@ -264,8 +256,6 @@ def main() -> None:
     peaks = json.loads(subprocess.run([sys.executable, __file__, "--child-peaks", *common], check=True,
                                       capture_output=True, text=True, env=os.environ).stdout.strip().splitlines()[-1])
     precision = "bf16" if args.bf16 else "fp32"
-    if f"gemm_{precision}" not in peaks:
-        raise SystemExit(f"--bf16 on this CPU ({cpu_name()}): no native bf16 units; run without --bf16")
     best = max(peaks[f"gemm_{precision}"], peaks[f"conv3d_{precision}"])
     if args.json:
         print(json.dumps({"machine_gflop_per_s": peaks, "cpu": cpu_name() if args.device == "cpu" else None}))
