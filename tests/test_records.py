@@ -277,7 +277,8 @@ def study_record(backbone: str, head: str, seed: int, skill: float, code: str = 
     record.run.update({"name": name, "head": head, "mixed_precision": precision,
                        "config_fingerprint": config_fingerprint(params)})
     record.curves["val/position_rmse"] = [[1, 0.5], [2, 0.05 / skill]]  # the best seed on validation: the most skilled
-    record.curves["val/keypoint_distance_px"] = [[1, 2.0], [2, 0.1 / skill]]
+    if head == "keypoints":  # a pooled head has no keypoints, so no curve of them
+        record.curves["val/keypoint_distance_px"] = [[1, 2.0], [2, 0.1 / skill]]
     table = record.predictions  # every run of the study scores the same samples: the same true positions
     common = np.random.default_rng(7).uniform(-1, 1, (5 * N + 3, 3))[table["sample_id"]].astype(np.float32)
     for i, c in enumerate("xyz"):
@@ -417,3 +418,93 @@ def test_runs_on_another_kind_of_device_are_kept_apart_from_the_grid(tmp_path):
     assert "**The grid**: 3 of 30 runs recorded on cuda" in md
     assert "| i3d | seeds 0, 1; on cpu (not counted): seeds 0 | not run |" in md
     assert "every run counted here trained on cuda;" in md
+
+
+def study_answer(tmp_path, runs: list[tuple[str, str, int, float]]) -> tuple[str, str, dict]:
+    """The report's answer and markdown for study records (backbone, head, seed, skill), and each
+    study cell's configuration ("i3d pooled" -> Configuration) of the same section."""
+    write_params(tmp_path / "params.yaml", default_params())
+    out = tmp_path / "results" / "runs"
+    for backbone, head, seed, skill in runs:
+        write_record(*study_record(backbone, head, seed, skill), out)
+    report(tmp_path, replicates=300)
+    md = (tmp_path / "reports" / "comparison.md").read_text()
+    [section] = sections(load_records(tmp_path), replicates=300)
+    cells = {f"{c.first['backbone']} {c.first['head']}": c for c in section.configurations}
+    return md.split("## The answer so far", 1)[1].split("## The grid", 1)[0], md, cells
+
+
+def gap(a, b) -> tuple[float, float, float]:
+    """A − B in next RMSE on the same sample draws, with its 95 % interval."""
+    low, high = stats.interval(a.replicates["next_rmse"] - b.replicates["next_rmse"])
+    return a.figure("next_rmse") - b.figure("next_rmse"), low, high
+
+
+KEYPOINTS_RUNS = [("i3d", "keypoints", 0, 3.0), ("i3d", "keypoints", 1, 2.5), ("i3d", "keypoints", 2, 3.5),
+                  ("magvit", "keypoints", 0, 1.5)]
+
+
+@pytest.mark.parametrize("pooled, verdict", [
+    ({"i3d": 3.0, "magvit": 1.5}, "The head does not change the order of the point estimates."),
+    ({"i3d": 1.5, "magvit": 3.0}, "The head reverses resolved gaps (i3d − magvit "),
+    ({"i3d": 2.0, "magvit": 2.1}, "The heads order i3d and magvit differently, but none of these gaps is resolved"),
+])
+def test_both_heads_say_the_head_decides_the_ranking_only_on_gaps_resolved_both_ways(tmp_path, pooled, verdict):
+    """An order of point estimates flips on noise: the answer says the head reverses the ranking only
+    where the pair's paired difference is resolved under each head, in opposite directions."""
+    answer, md, cells = study_answer(tmp_path, KEYPOINTS_RUNS + [(b, "pooled", 0, s) for b, s in pooled.items()])
+    both = answer.split("**Both heads**", 1)[1].split("\n\n", 1)[0]
+    assert verdict in both, both
+    gaps = {h: gap(cells[f"i3d {h}"], cells[f"magvit {h}"]) for h in ("keypoints", "pooled")}
+    resolved = {h: low > 0 or high < 0 for h, (_, low, high) in gaps.items()}
+    flipped = (gaps["keypoints"][0] < 0) != (gaps["pooled"][0] < 0)
+    if "reverses resolved" in verdict:  # the figures of the pair under each head, as the differences table has them
+        assert all(resolved.values()) and flipped
+        assert ", ".join(f"{v:+.5f} [{low:+.5f}, {high:+.5f}] under {h}" for h, (v, low, high) in gaps.items()) in both
+    elif "differently" in verdict:  # the case this guards: swapped point estimates, a gap not resolved
+        assert flipped and not all(resolved.values()), gaps
+    else:
+        assert not flipped
+    # each head's order with its seeds: keypoints i3d over 3 seeds, pooled over 1
+    order = sorted(("i3d", "magvit"), key=lambda b: cells[f"{b} pooled"].figure("next_rmse"))
+    assert f"pooled orders them {order[0]} (n=1) < {order[1]} (n=1)." in both
+    assert "keypoints orders them i3d (n=3) < magvit (n=1);" in both
+    heads = md.split("## Both heads", 1)[1].split("## Ensembles", 1)[0]
+    assert "(n=3) |" in heads and "(n=1) |" in heads
+
+
+def test_a_pooled_head_reads_as_its_own_runs_without_keypoint_figures(tmp_path):
+    """A pooled run has no keypoints: its configuration shows no keypoint error (not a 0, not the
+    keypoints head's), its paragraph ranks only what it ran, one network is not a ranking, the
+    control alone is held against nothing, and an empty pooled head is only named as not run."""
+    answer, md, cells = study_answer(tmp_path, KEYPOINTS_RUNS)
+    assert "pooled head**" not in answer and "## Both heads" not in md and "| pooled |" not in md
+    assert "under the pooled head every network" in answer.split("not run yet: ", 1)[1]
+
+    answer, md, cells = study_answer(tmp_path, [("frame2d", "pooled", 0, 2.0)])
+    pooled = answer.split("**pooled head**", 1)[1].split("\n\n", 1)[0]
+    assert "Only **frame2d** is run under this head, so there is no ranking yet" in pooled
+    assert "Lowest" not in pooled and "Against the frame2d control" not in pooled
+
+    answer, md, cells = study_answer(tmp_path, KEYPOINTS_RUNS + [("i3d", "pooled", 0, 3.0), ("i3d", "pooled", 1, 2.0),
+                                                                  ("magvit", "pooled", 0, 1.5), ("frame2d", "pooled", 0, 2.0)])
+    pooled = answer.split("**pooled head**", 1)[1].split("\n\n", 1)[0]
+    assert pooled.startswith(" (3 of 5 networks run, 1–2 seeds each). Lowest next-position error: ")
+    ranked = sorted(("i3d", "magvit", "frame2d"), key=lambda b: cells[f"{b} pooled"].figure("next_rmse"))
+    assert f"Lowest next-position error: **{ranked[0]}**" in pooled
+    for other in ranked[1:]:
+        value, low, high = gap(cells[f"{other} pooled"], cells[f"{ranked[0]} pooled"])
+        assert f"{other} {cells[f'{other} pooled'].figure('next_rmse'):.5f} ({value:+.5f} [{low:+.5f}, {high:+.5f}], " in pooled
+    assert "Against the frame2d control" in pooled and "validation keypoint errors" not in pooled
+    table = md.split("## By configuration", 1)[1].split("\n#", 1)[0].splitlines()
+    header = next(line for line in table if line.startswith("| configuration | seeds |")).split(" | ")
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table if "fp32) |" in line}
+    px = header.index("val keypoint px")
+    assert {name: row[px] for name, row in rows.items() if "pooled" in name} == dict.fromkeys(
+        ("frame2d (pooled, fp32)", "i3d (pooled, fp32)", "magvit (pooled, fp32)"), "-"), rows
+    assert rows["i3d (keypoints, fp32)"][px] == f"{cells['i3d keypoints'].keypoint_px():.3f}"
+    assert "| pooled | " in md.split("## Ensembles", 1)[1].split("## By configuration", 1)[0]
+    # a configuration with a seed that lacks the curve has no keypoint figure: not the mean of the others
+    i3d = cells["i3d keypoints"]
+    del i3d.runs[1].curves["val/keypoint_distance_px"]
+    assert np.isnan(i3d.keypoint_px())

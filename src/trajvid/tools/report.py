@@ -96,8 +96,11 @@ class Configuration:
         return f"{np.std(accuracy, ddof=1):.4f} / {np.std(rmse, ddof=1):.5f}"
 
     def keypoint_px(self) -> float:
-        """The validation keypoint error (px) at the last epoch, mean over seeds (keypoints head)."""
-        return self.mean([(r.curves.get(KEYPOINT_CURVE) or [[0, math.nan]])[-1][1] for r in self.runs])
+        """The validation keypoint error (px) at the last epoch, mean over seeds (keypoints head); NaN
+        unless every seed has it (a mean over fewer seeds would not be the configuration's)."""
+        values = [(r.curves.get(KEYPOINT_CURVE) or [[0, math.nan]])[-1][1] for r in self.runs]
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        return self.mean(values) if finite else math.nan
 
 
 @dataclass

@@ -265,9 +265,11 @@ def _head_paragraph(study: Study, head: str) -> str | None:
     backbone_of = {id(c): b for b, c in ran.items()}
     seeds = sorted({len(c.runs) for c in ranked})
     n = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''} each" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds each"
-    text = [f"**{head} head** ({len(ranked)} of {len(study.backbones)} networks run, {n}). Lowest next-position error: "
-            f"**{backbone_of[id(best)]}**, RMSE per coordinate {best.figure('next_rmse'):.5f} "
-            f"[{best.interval('next_rmse')[0]:.5f}, {best.interval('next_rmse')[1]:.5f}]."]
+    figure = (f"RMSE per coordinate {best.figure('next_rmse'):.5f} "
+              f"[{best.interval('next_rmse')[0]:.5f}, {best.interval('next_rmse')[1]:.5f}]")
+    text = [f"**{head} head** ({len(ranked)} of {len(study.backbones)} networks run, {n}). "
+            + (f"Lowest next-position error: **{backbone_of[id(best)]}**, {figure}." if len(ranked) > 1 else
+               f"Only **{backbone_of[id(best)]}** is run under this head, so there is no ranking yet: next-position {figure}.")]
     if len(ranked) > 1:
         gaps = []
         for c in ranked[1:]:
@@ -282,7 +284,7 @@ def _head_paragraph(study: Study, head: str) -> str | None:
     if control is None:
         text.append(f"The {CONTROL} control is not run under this head yet, so nothing here says whether seeing "
                     "frames together helps.")
-    else:
+    elif len(ran) > 1:  # (the control alone: nothing to hold against it)
         better, worse, unresolved = [], [], []
         for backbone, c in ran.items():
             if backbone == CONTROL:
@@ -345,6 +347,36 @@ def _missing_text(study: Study) -> str:
     return "; ".join(per_head)
 
 
+def _both_heads(study: Study) -> str | None:
+    """How the head changes the ranking of the networks run under both heads (None for fewer than two).
+    An order of point estimates flips on noise, so the head is said to decide the ranking only where a
+    pair's paired difference is resolved under both heads, in opposite directions."""
+    both = [b for b in study.backbones if all(study.chosen(b, h) for h in HEADS)]
+    if len(both) < 2:
+        return None
+    chosen = {h: {b: study.chosen(b, h) for b in both} for h in HEADS}
+    orders = {h: sorted(both, key=lambda b: chosen[h][b].figure("next_rmse")) for h in HEADS}
+    text = "**Both heads**, on the networks run under both: " + "; ".join(
+        f"{h} orders them " + " < ".join(f"{b} (n={len(chosen[h][b].runs)})" for b in o) for h, o in orders.items()) + "."
+    reversed_pairs, swapped = [], []
+    for i, a in enumerate(both):
+        for b in both[i + 1:]:
+            gaps = {h: _difference(chosen[h][a], chosen[h][b], "next_rmse") for h in HEADS}
+            sides = [1 if low > 0 else -1 if high < 0 else 0 for _, low, high, _ in gaps.values()]
+            if sides[0] * sides[1] < 0:
+                reversed_pairs.append(f"{a} − {b} " + ", ".join(
+                    f"{value:+.5f} [{low:+.5f}, {high:+.5f}] under {h}" for h, (value, low, high, _) in gaps.items()))
+            elif len({orders[h].index(a) < orders[h].index(b) for h in HEADS}) > 1:
+                swapped.append(f"{a} and {b}")
+    if reversed_pairs:
+        return text + (" The head reverses resolved gaps (" + "; ".join(reversed_pairs) + "): a ranking under one "
+                       "head is not an answer about the backbones alone.")
+    if swapped:
+        return text + (f" The heads order {'; '.join(swapped)} differently, but none of these gaps is resolved under both "
+                       "heads, so the head reverses no resolved gap.")
+    return text + " The head does not change the order of the point estimates."
+
+
 def answer(study: Study) -> str:
     """The answer and its limits in plain words, from the records alone (markdown paragraphs)."""
     section = study.section
@@ -352,14 +384,9 @@ def answer(study: Study) -> str:
              f"× training seeds {', '.join(map(str, SEEDS))}; data seed {section.data_seed}, "
              f"{section.dataset_size} samples, {section.scored} {section.split} samples scored)."]
     parts += [p for p in (_head_paragraph(study, h) for h in HEADS) if p]
-    both = [b for b in study.backbones if all(study.chosen(b, h) for h in HEADS)]
-    if len(both) >= 2:
-        orders = {h: [b for b in sorted(both, key=lambda b: study.chosen(b, h).figure("next_rmse"))] for h in HEADS}
-        parts.append("**Both heads**, on the networks run under both: " + "; ".join(
-            f"{h} orders them {' < '.join(o)}" for h, o in orders.items()) + (
-            ". The head does not change the order of the point estimates." if len(set(map(tuple, orders.values()))) == 1
-            else ". The order of the point estimates depends on the head (the paired differences below say which gaps "
-                 "are resolved): a ranking under one head is not an answer about the backbones alone."))
+    both = _both_heads(study)
+    if both:
+        parts.append(both)
     devices = sorted({f"{r.run['device']} ×{r.run['processes']}" for cs in study.cells.values() for c in cs[:1] for r in c.runs})
     limits = [f"the runs' devices (device × processes): {_names(devices)}"]
     if any(len(c.runs) == 1 for cs in study.cells.values() for c in cs[:1]):
