@@ -362,19 +362,23 @@ def _both_heads(study: Study) -> str | None:
     for i, a in enumerate(both):
         for b in both[i + 1:]:
             gaps = {h: _difference(chosen[h][a], chosen[h][b], "next_rmse") for h in HEADS}
+            figures = f"{a} − {b} " + ", ".join(f"{value:+.5f} [{low:+.5f}, {high:+.5f}] under {h}" + (
+                " (n=1: over test samples only)" if 1 in (len(chosen[h][a].runs), len(chosen[h][b].runs)) else "")
+                for h, (value, low, high, _) in gaps.items())
             sides = [1 if low > 0 else -1 if high < 0 else 0 for _, low, high, _ in gaps.values()]
             if sides[0] * sides[1] < 0:
-                reversed_pairs.append(f"{a} − {b} " + ", ".join(
-                    f"{value:+.5f} [{low:+.5f}, {high:+.5f}] under {h}" for h, (value, low, high, _) in gaps.items()))
+                reversed_pairs.append(figures)
             elif len({orders[h].index(a) < orders[h].index(b) for h in HEADS}) > 1:
-                swapped.append(f"{a} and {b}")
+                swapped.append(figures)
+    if not reversed_pairs and not swapped:
+        return text + " The head does not change the order of the point estimates."
     if reversed_pairs:
-        return text + (" The head reverses resolved gaps (" + "; ".join(reversed_pairs) + "): a ranking under one "
-                       "head is not an answer about the backbones alone.")
+        text += (" The head reverses resolved gaps (" + "; ".join(reversed_pairs) + "): a ranking under one "
+                 "head is not an answer about the backbones alone.")
     if swapped:
-        return text + (f" The heads order {'; '.join(swapped)} differently, but none of these gaps is resolved under both "
-                       "heads, so the head reverses no resolved gap.")
-    return text + " The head does not change the order of the point estimates."
+        text += (" The heads order " + ("other pairs" if reversed_pairs else "some pairs") + " differently without "
+                 "a gap resolved in opposite directions under the two heads, which noise can do (" + "; ".join(swapped) + ").")
+    return text
 
 
 def answer(study: Study) -> str:
