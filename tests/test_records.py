@@ -19,6 +19,7 @@ from trajvid.tools import stats
 from trajvid.tools.ensemble import ensemble_of_records
 from trajvid.tools.records import RUN_KEYS, Record, RecordError, config_fingerprint, load_records, write_record
 from trajvid.tools.report import differences, report, sections
+from trajvid.tools.study import _chain
 
 N = 60  # test samples
 
@@ -420,13 +421,14 @@ def test_runs_on_another_kind_of_device_are_kept_apart_from_the_grid(tmp_path):
     assert "every run counted here trained on cuda;" in md
 
 
-def study_answer(tmp_path, runs: list[tuple[str, str, int, float]]) -> tuple[str, str, dict]:
-    """The report's answer and markdown for study records (backbone, head, seed, skill), and each
-    study cell's configuration ("i3d pooled" -> Configuration) of the same section."""
+def study_answer(tmp_path, runs: list[tuple]) -> tuple[str, str, dict]:
+    """The report's answer and markdown for study records (backbone, head, seed, skill[, code
+    fingerprint]), and each study cell's configuration ("i3d pooled" -> Configuration) of the same
+    section (the last written of a cell's codes)."""
     write_params(tmp_path / "params.yaml", default_params())
     out = tmp_path / "results" / "runs"
-    for backbone, head, seed, skill in runs:
-        write_record(*study_record(backbone, head, seed, skill), out)
+    for backbone, head, seed, skill, *code in runs:
+        write_record(*study_record(backbone, head, seed, skill, *code), out)
     report(tmp_path, replicates=300)
     md = (tmp_path / "reports" / "comparison.md").read_text()
     [section] = sections(load_records(tmp_path), replicates=300)
@@ -487,6 +489,7 @@ def test_a_pooled_head_reads_as_its_own_runs_without_keypoint_figures(tmp_path):
     pooled = answer.split("**pooled head**", 1)[1].split("\n\n", 1)[0]
     assert "Only **frame2d** is run under this head, so there is no ranking yet" in pooled
     assert "Lowest" not in pooled and "Against the frame2d control" not in pooled
+    assert "Accuracy: " in pooled and " for frame2d" in pooled and "every network run" not in pooled, pooled
 
     answer, md, cells = study_answer(tmp_path, KEYPOINTS_RUNS + [("i3d", "pooled", 0, 3.0), ("i3d", "pooled", 1, 2.0),
                                                                   ("magvit", "pooled", 0, 1.5), ("frame2d", "pooled", 0, 2.0)])
@@ -510,3 +513,19 @@ def test_a_pooled_head_reads_as_its_own_runs_without_keypoint_figures(tmp_path):
     i3d = cells["i3d keypoints"]
     del i3d.runs[1].curves["val/keypoint_distance_px"]
     assert np.isnan(i3d.keypoint_px())
+
+
+def test_both_heads_name_networks_whose_heads_ran_different_code(tmp_path):
+    """A head comparison of one backbone is the head's only when both heads' runs are of the same
+    code: the answer names the networks whose two heads' runs have different code fingerprints."""
+    answer, _, _ = study_answer(tmp_path, KEYPOINTS_RUNS + [("i3d", "pooled", 0, 3.0), ("magvit", "pooled", 0, 1.5)])
+    assert "of different code" not in answer
+    answer, _, _ = study_answer(tmp_path, KEYPOINTS_RUNS + [("i3d", "pooled", 0, 3.0, "a" * 16), ("magvit", "pooled", 0, 1.5)])
+    both = answer.split("**Both heads**", 1)[1].split("\n\n", 1)[0]
+    assert "The two heads' runs of i3d (keypoints cccccc, pooled aaaaaa) are of different code" in both, both
+    assert "magvit (" not in both.split("The two heads' runs of", 1)[1]
+
+
+def test_an_order_with_equal_figures_says_equal():
+    assert _chain([("a", 0.1), ("b", 0.2), ("c", 0.2)]) == "a < b = c"
+    assert _chain([("a", 0.1)]) == "a"

@@ -268,7 +268,7 @@ def differences(section: Section) -> list[dict]:
             for name in ("accuracy", "next_rmse", "next_distance"):
                 diff = a.figure(name) - b.figure(name)
                 low, high = stats.interval(a.replicates[name] - b.replicates[name])
-                row[name] = (diff, low, high, low > 0 or high < 0)
+                row[name] = (diff, low, high, bool(stats.side(low, high)))
             out.append(row)
     return out
 

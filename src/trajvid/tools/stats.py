@@ -98,3 +98,9 @@ def interval(values: np.ndarray) -> tuple[float, float]:
     """The 95 % percentile interval of bootstrap replicates."""
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
+
+
+def side(low: float, high: float) -> int:
+    """Which side of 0 the interval of a difference A − B lies on: +1 (A higher, resolved), −1
+    (A lower, resolved) or 0 (it holds 0: not resolved)."""
+    return 1 if low > 0 else -1 if high < 0 else 0

@@ -135,11 +135,15 @@ def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
     return ["backbone", *(f"{h} head" for h in HEADS)], rows
 
 
+def _verdict(low: float, high: float) -> str:
+    return "resolved" if stats.side(low, high) else "not resolved"
+
+
 def _difference(a, b, name: str) -> tuple[float, float, float, bool]:
     """A − B on the same sample draws: the point difference, its 95 % interval, and whether the
-    interval excludes 0 (which side it lies on says the direction: `low > 0` or `high < 0`)."""
+    interval excludes 0 (stats.side says on which side)."""
     low, high = stats.interval(a.replicates[name] - b.replicates[name])
-    return a.figure(name) - b.figure(name), low, high, bool(low > 0 or high < 0)
+    return a.figure(name) - b.figure(name), low, high, bool(stats.side(low, high))
 
 
 def heads_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
@@ -223,10 +227,6 @@ def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
     return Ensemble(head, members, combined, (backbone, record, reference), left_out)
 
 
-def _verdict(low: float, high: float) -> str:
-    return "resolved" if low > 0 or high < 0 else "not resolved"
-
-
 def ensemble_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
     rows = []
     for head in HEADS:
@@ -278,8 +278,9 @@ def _head_paragraph(study: Study, head: str) -> str | None:
                         + ("resolved" if resolved else "not resolved") + ")")
         text.append("The others, with their paired difference to it: " + "; ".join(gaps) + ".")
     accuracy = min(c.figure("accuracy") for c in ranked)
-    text.append(f"Accuracy: {math.floor(accuracy * 1e4) / 1e4:.4f} or higher for every network run." if accuracy < 1
-                else "Accuracy: 1.0000 for every network run (every test sample classified correctly).")
+    who = "every network run" if len(ranked) > 1 else backbone_of[id(best)]
+    text.append(f"Accuracy: {math.floor(accuracy * 1e4) / 1e4:.4f} or higher for {who}." if accuracy < 1
+                else f"Accuracy: 1.0000 for {who} (every test sample classified correctly).")
     control = ran.get(CONTROL)
     if control is None:
         text.append(f"The {CONTROL} control is not run under this head yet, so nothing here says whether seeing "
@@ -290,7 +291,7 @@ def _head_paragraph(study: Study, head: str) -> str | None:
             if backbone == CONTROL:
                 continue
             _, low, high, _ = _difference(c, control, "next_rmse")
-            (better if high < 0 else worse if low > 0 else unresolved).append(backbone)
+            {-1: better, 1: worse, 0: unresolved}[stats.side(low, high)].append(backbone)
         text.append(f"Against the {CONTROL} control (a per-frame 2D network that never sees two frames together; "
                     f"next RMSE {control.figure('next_rmse'):.5f}): lower error, resolved: {_names(better)}; "
                     f"higher error, resolved: {_names(worse)}; not resolved: {_names(unresolved)}.")
@@ -310,22 +311,23 @@ def _head_paragraph(study: Study, head: str) -> str | None:
                     f"{e.figure('next_rmse') - reference.figure('next_rmse'):+.5f} [{low:+.5f}, {high:+.5f}] against its "
                     f"member {backbone} seed {record.run['train_seed']} ({_verdict(low, high)})"
                     + (f"; {_names(found.left_out)} left out (no validation curve)" if found.left_out else "") + ".")
-    text.append(_scale(study.section, best.figure("next_rmse")))
+    text.append(_scale(study.section, best.figure("next_rmse"),
+                       "the best network's" if len(ranked) > 1 else f"{backbone_of[id(best)]}'s"))
     return " ".join(text)
 
 
-def _scale(section, best: float) -> str:
-    """The classical baseline and copy-last beside the best network's next RMSE."""
+def _scale(section, best: float, whose: str = "the best network's") -> str:
+    """The classical baseline and copy-last beside the best network's next RMSE (`whose`: how to name it)."""
     copy_last = f"copying the last position {stats.point([section.copy_last], 'next_rmse'):.5f}"
     baseline = ((section.baseline or {}).get(section.split) or {}).get("position_rmse")
     if not isinstance(baseline, (int, float)) or not math.isfinite(baseline):
         return f"For scale: {copy_last}."
     if baseline > 0 and best > baseline:
-        ratio = f"{best / baseline:.1f} × lower than the best network's"
+        ratio = f"{best / baseline:.1f} × lower than {whose}"
     elif best > 0 and baseline > best:
-        ratio = f"{baseline / best:.1f} × higher than the best network's"
+        ratio = f"{baseline / best:.1f} × higher than {whose}"
     else:
-        ratio = "equal to the best network's" if baseline == best else "beside the best network's"
+        ratio = f"equal to {whose}" if baseline == best else f"beside {whose}"
     return f"For scale: the classical baseline (no learning) {baseline:.5f}, {ratio}; {copy_last}."
 
 
@@ -347,6 +349,14 @@ def _missing_text(study: Study) -> str:
     return "; ".join(per_head)
 
 
+def _chain(items: list[tuple[str, float]]) -> str:
+    """Names in ascending order of their figure: "a < b", or "a = b" where the figures are equal."""
+    out = items[0][0]
+    for (_, before), (name, figure) in zip(items, items[1:]):
+        out += (" = " if figure == before else " < ") + name
+    return out
+
+
 def _both_heads(study: Study) -> str | None:
     """How the head changes the ranking of the networks run under both heads (None for fewer than two).
     An order of point estimates flips on noise, so the head is said to decide the ranking only where a
@@ -357,7 +367,14 @@ def _both_heads(study: Study) -> str | None:
     chosen = {h: {b: study.chosen(b, h) for b in both} for h in HEADS}
     orders = {h: sorted(both, key=lambda b: chosen[h][b].figure("next_rmse")) for h in HEADS}
     text = "**Both heads**, on the networks run under both: " + "; ".join(
-        f"{h} orders them " + " < ".join(f"{b} (n={len(chosen[h][b].runs)})" for b in o) for h, o in orders.items()) + "."
+        f"{h} orders them " + _chain([(f"{b} (n={len(chosen[h][b].runs)})", chosen[h][b].figure("next_rmse")) for b in o])
+        for h, o in orders.items()) + "."
+    code = {b: {h: chosen[h][b].first["code_fingerprint"][:6] for h in HEADS} for b in both}
+    other_code = [f"{b} (" + ", ".join(f"{h} {fp}" for h, fp in code[b].items()) + ")"
+                  for b in both if len(set(code[b].values())) > 1]
+    if other_code:
+        text += (" The two heads' runs of " + ", ".join(other_code) + " are of different code (code fingerprints), "
+                 "so a difference between the heads is not the head's alone.")
     reversed_pairs, swapped = [], []
     for i, a in enumerate(both):
         for b in both[i + 1:]:
@@ -365,7 +382,7 @@ def _both_heads(study: Study) -> str | None:
             figures = f"{a} − {b} " + ", ".join(f"{value:+.5f} [{low:+.5f}, {high:+.5f}] under {h}" + (
                 " (n=1: over test samples only)" if 1 in (len(chosen[h][a].runs), len(chosen[h][b].runs)) else "")
                 for h, (value, low, high, _) in gaps.items())
-            sides = [1 if low > 0 else -1 if high < 0 else 0 for _, low, high, _ in gaps.values()]
+            sides = [stats.side(low, high) for _, low, high, _ in gaps.values()]
             if sides[0] * sides[1] < 0:
                 reversed_pairs.append(figures)
             elif len({orders[h].index(a) < orders[h].index(b) for h in HEADS}) > 1:
