@@ -279,8 +279,8 @@ def difference_table(section: Section) -> tuple[list[str], list[list[str]]]:
     for d in differences(section):
         cells = []
         for name, spec in (("accuracy", ".4f"), ("next_rmse", ".5f"), ("next_distance", ".5f")):
-            value, low, high, resolved = d[name]
-            cells.append(f"{value:+{spec}} [{low:+{spec}}, {high:+{spec}}]" + (" resolved" if resolved else " not resolved"))
+            value, low, high, _ = d[name]
+            cells.append(f"{value:+{spec}} [{low:+{spec}}, {high:+{spec}}] {stats.verdict(low, high)}")
         rows.append([d["a"], d["b"], *cells])
     return header, rows
 

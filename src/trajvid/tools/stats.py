@@ -104,3 +104,8 @@ def side(low: float, high: float) -> int:
     """Which side of 0 the interval of a difference A − B lies on: +1 (A higher, resolved), −1
     (A lower, resolved) or 0 (it holds 0: not resolved)."""
     return 1 if low > 0 else -1 if high < 0 else 0
+
+
+def verdict(low: float, high: float) -> str:
+    """How the report names a difference's interval: "resolved" when it excludes 0."""
+    return "resolved" if side(low, high) else "not resolved"

@@ -135,15 +135,21 @@ def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
     return ["backbone", *(f"{h} head" for h in HEADS)], rows
 
 
-def _verdict(low: float, high: float) -> str:
-    return "resolved" if stats.side(low, high) else "not resolved"
-
-
-def _difference(a, b, name: str) -> tuple[float, float, float, bool]:
-    """A − B on the same sample draws: the point difference, its 95 % interval, and whether the
-    interval excludes 0 (stats.side says on which side)."""
+def _difference(a, b, name: str) -> tuple[float, float, float]:
+    """A − B on the same sample draws: the point difference and its 95 % interval (stats.side: on
+    which side of 0 it lies)."""
     low, high = stats.interval(a.replicates[name] - b.replicates[name])
-    return a.figure(name) - b.figure(name), low, high, bool(stats.side(low, high))
+    return a.figure(name) - b.figure(name), low, high
+
+
+def _heads_code(study: Study, backbone: str) -> str | None:
+    """Each head's code fingerprint ("keypoints 871434, pooled 9c851c") where `backbone`'s two heads'
+    chosen configurations ran different code (so a difference between its heads may not be the
+    head's alone); None where they ran the same code or a head is not run."""
+    chosen = {h: study.chosen(backbone, h) for h in HEADS}
+    if None in chosen.values() or len({c.first["code_fingerprint"] for c in chosen.values()}) == 1:
+        return None
+    return ", ".join(f"{h} {c.first['code_fingerprint'][:6]}" for h, c in chosen.items())
 
 
 def heads_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
@@ -154,10 +160,12 @@ def heads_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
         if None in pair:
             continue
         keypoints, pooled = pair
-        value, low, high, resolved = _difference(pooled, keypoints, "next_rmse")
+        value, low, high = _difference(pooled, keypoints, "next_rmse")
+        code = _heads_code(study, backbone)
         rows.append([backbone, *(f"{c.figure('next_rmse'):.5f} [{c.interval('next_rmse')[0]:.5f}, "
                                  f"{c.interval('next_rmse')[1]:.5f}] (n={len(c.runs)})" for c in pair),
-                     f"{value:+.5f} [{low:+.5f}, {high:+.5f}] " + ("resolved" if resolved else "not resolved")])
+                     f"{value:+.5f} [{low:+.5f}, {high:+.5f}] {stats.verdict(low, high)}"
+                     + (f" (different code: {code})" if code else "")])
     if not rows:
         return None
     return ["backbone", "keypoints head: next RMSE [95 % CI]", "pooled head: next RMSE [95 % CI]",
@@ -201,6 +209,7 @@ class Ensemble:
     combined: Fixed
     reference: tuple[str, object, Fixed]  # the best network's member: (backbone, record, its figures)
     left_out: list[str]  # networks run under the head without a validation curve
+    gap: tuple[float, float, float]  # ensemble − that member in next RMSE, with its 95 % interval (_difference)
 
 
 def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
@@ -224,7 +233,8 @@ def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
     combined = _fixed(study, stats.per_sample(mean, CLASS_NAMES), f"ensemble {head}: " + " + ".join(r.name for _, r in members))
     backbone, record = min(members, key=lambda m: ran[m[0]].figure("next_rmse"))  # the best network's member
     reference = _fixed(study, stats.per_sample(record.predictions, CLASS_NAMES), f"run {record.name}")
-    return Ensemble(head, members, combined, (backbone, record, reference), left_out)
+    return Ensemble(head, members, combined, (backbone, record, reference), left_out,
+                    _difference(combined, reference, "next_rmse"))
 
 
 def ensemble_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
@@ -233,14 +243,12 @@ def ensemble_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
         found = best_seed_ensemble(study, head)
         if found is None:
             continue
-        e, (backbone, record, reference) = found.combined, found.reference
-        value = e.figure("next_rmse") - reference.figure("next_rmse")
-        low, high = stats.interval(e.replicates["next_rmse"] - reference.replicates["next_rmse"])
+        e, (backbone, record, reference), (value, low, high) = found.combined, found.reference, found.gap
         rows.append([head, ", ".join(f"{b} seed {r.run['train_seed']}" for b, r in found.members),
                      f"{e.figure('accuracy'):.4f} [{e.interval('accuracy')[0]:.4f}, {e.interval('accuracy')[1]:.4f}]",
                      f"{e.figure('next_rmse'):.5f} [{e.interval('next_rmse')[0]:.5f}, {e.interval('next_rmse')[1]:.5f}]",
                      f"{backbone} seed {record.run['train_seed']}: {reference.figure('next_rmse'):.5f}",
-                     f"{value:+.5f} [{low:+.5f}, {high:+.5f}] {_verdict(low, high)}"])
+                     f"{value:+.5f} [{low:+.5f}, {high:+.5f}] {stats.verdict(low, high)}"])
     if not rows:
         return None
     return ["head", "members (each network's best seed on validation)", "accuracy [95 % CI]",
@@ -267,20 +275,23 @@ def _head_paragraph(study: Study, head: str) -> str | None:
     n = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''} each" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds each"
     figure = (f"RMSE per coordinate {best.figure('next_rmse'):.5f} "
               f"[{best.interval('next_rmse')[0]:.5f}, {best.interval('next_rmse')[1]:.5f}]")
+    alone = backbone_of[id(best)] if len(ranked) == 1 else None  # one network: no ranking
     text = [f"**{head} head** ({len(ranked)} of {len(study.backbones)} networks run, {n}). "
-            + (f"Lowest next-position error: **{backbone_of[id(best)]}**, {figure}." if len(ranked) > 1 else
-               f"Only **{backbone_of[id(best)]}** is run under this head, so there is no ranking yet: next-position {figure}.")]
-    if len(ranked) > 1:
+            + (f"Only **{alone}** is run under this head, so there is no ranking yet: next-position {figure}." if alone else
+               f"Lowest next-position error: **{backbone_of[id(best)]}**, {figure}.")]
+    if not alone:
         gaps = []
         for c in ranked[1:]:
-            value, low, high, resolved = _difference(c, best, "next_rmse")
+            value, low, high = _difference(c, best, "next_rmse")
             gaps.append(f"{backbone_of[id(c)]} {c.figure('next_rmse'):.5f} ({value:+.5f} [{low:+.5f}, {high:+.5f}], "
-                        + ("resolved" if resolved else "not resolved") + ")")
+                        f"{stats.verdict(low, high)})")
         text.append("The others, with their paired difference to it: " + "; ".join(gaps) + ".")
     accuracy = min(c.figure("accuracy") for c in ranked)
-    who = "every network run" if len(ranked) > 1 else backbone_of[id(best)]
-    text.append(f"Accuracy: {math.floor(accuracy * 1e4) / 1e4:.4f} or higher for {who}." if accuracy < 1
-                else f"Accuracy: 1.0000 for {who} (every test sample classified correctly).")
+    shown = f"{math.floor(accuracy * 1e4) / 1e4:.4f}"  # rounded down: never above what a network reached
+    if accuracy == 1:
+        text.append(f"Accuracy: 1.0000 for {alone or 'every network run'} (every test sample classified correctly).")
+    else:
+        text.append(f"Accuracy: {alone} {shown}." if alone else f"Accuracy: {shown} or higher for every network run.")
     control = ran.get(CONTROL)
     if control is None:
         text.append(f"The {CONTROL} control is not run under this head yet, so nothing here says whether seeing "
@@ -290,7 +301,7 @@ def _head_paragraph(study: Study, head: str) -> str | None:
         for backbone, c in ran.items():
             if backbone == CONTROL:
                 continue
-            _, low, high, _ = _difference(c, control, "next_rmse")
+            _, low, high = _difference(c, control, "next_rmse")
             {-1: better, 1: worse, 0: unresolved}[stats.side(low, high)].append(backbone)
         text.append(f"Against the {CONTROL} control (a per-frame 2D network that never sees two frames together; "
                     f"next RMSE {control.figure('next_rmse'):.5f}): lower error, resolved: {_names(better)}; "
@@ -304,19 +315,17 @@ def _head_paragraph(study: Study, head: str) -> str | None:
                                                                              "estimates)." if same else "another order than their next RMSE."))
     found = best_seed_ensemble(study, head)
     if found is not None:
-        e, (backbone, record, reference) = found.combined, found.reference
-        low, high = stats.interval(e.replicates["next_rmse"] - reference.replicates["next_rmse"])
+        e, (backbone, record, _), (value, low, high) = found.combined, found.reference, found.gap
         text.append(f"The ensemble of the best seed (chosen on validation) of each of {len(found.members)} networks "
                     f"({', '.join(b for b, _ in found.members)}) reaches {e.figure('next_rmse'):.5f}, "
-                    f"{e.figure('next_rmse') - reference.figure('next_rmse'):+.5f} [{low:+.5f}, {high:+.5f}] against its "
-                    f"member {backbone} seed {record.run['train_seed']} ({_verdict(low, high)})"
+                    f"{value:+.5f} [{low:+.5f}, {high:+.5f}] against its "
+                    f"member {backbone} seed {record.run['train_seed']} ({stats.verdict(low, high)})"
                     + (f"; {_names(found.left_out)} left out (no validation curve)" if found.left_out else "") + ".")
-    text.append(_scale(study.section, best.figure("next_rmse"),
-                       "the best network's" if len(ranked) > 1 else f"{backbone_of[id(best)]}'s"))
+    text.append(_scale(study.section, best.figure("next_rmse"), f"{alone}'s" if alone else "the best network's"))
     return " ".join(text)
 
 
-def _scale(section, best: float, whose: str = "the best network's") -> str:
+def _scale(section, best: float, whose: str) -> str:
     """The classical baseline and copy-last beside the best network's next RMSE (`whose`: how to name it)."""
     copy_last = f"copying the last position {stats.point([section.copy_last], 'next_rmse'):.5f}"
     baseline = ((section.baseline or {}).get(section.split) or {}).get("position_rmse")
@@ -369,23 +378,17 @@ def _both_heads(study: Study) -> str | None:
     text = "**Both heads**, on the networks run under both: " + "; ".join(
         f"{h} orders them " + _chain([(f"{b} (n={len(chosen[h][b].runs)})", chosen[h][b].figure("next_rmse")) for b in o])
         for h, o in orders.items()) + "."
-    code = {b: {h: chosen[h][b].first["code_fingerprint"][:6] for h in HEADS} for b in both}
-    other_code = [f"{b} (" + ", ".join(f"{h} {fp}" for h, fp in code[b].items()) + ")"
-                  for b in both if len(set(code[b].values())) > 1]
-    if other_code:
-        text += (" The two heads' runs of " + ", ".join(other_code) + " are of different code (code fingerprints), "
-                 "so a difference between the heads is not the head's alone.")
     reversed_pairs, swapped = [], []
     for i, a in enumerate(both):
         for b in both[i + 1:]:
             gaps = {h: _difference(chosen[h][a], chosen[h][b], "next_rmse") for h in HEADS}
             figures = f"{a} − {b} " + ", ".join(f"{value:+.5f} [{low:+.5f}, {high:+.5f}] under {h}" + (
                 " (n=1: over test samples only)" if 1 in (len(chosen[h][a].runs), len(chosen[h][b].runs)) else "")
-                for h, (value, low, high, _) in gaps.items())
-            sides = [stats.side(low, high) for _, low, high, _ in gaps.values()]
+                for h, (value, low, high) in gaps.items())
+            sides = [stats.side(low, high) for _, low, high in gaps.values()]
             if sides[0] * sides[1] < 0:
                 reversed_pairs.append(figures)
-            elif len({orders[h].index(a) < orders[h].index(b) for h in HEADS}) > 1:
+            elif np.prod([np.sign(chosen[h][a].figure("next_rmse") - chosen[h][b].figure("next_rmse")) for h in HEADS]) < 0:
                 swapped.append(figures)
     if not reversed_pairs and not swapped:
         return text + " The head does not change the order of the point estimates."
@@ -415,6 +418,10 @@ def answer(study: Study) -> str:
                       "about another training seed")
     if study.missing():
         limits.append("not run yet: " + _missing_text(study))
+    code = {b: found for b in study.backbones if (found := _heads_code(study, b))}
+    if code:
+        limits.append("the two heads' runs of " + ", ".join(f"{b} ({fps})" for b, fps in code.items()) + " are of "
+                      "different code (code fingerprints), so a difference between the heads may not be the head's alone")
     limits.append("each interval is 95 % on its own, with no correction for the number of comparisons")
     limits.append("one synthetic dataset with one camera rig; the shifted sets (Robustness) are the only test of "
                   "anything else")
