@@ -266,8 +266,7 @@ def differences(section: Section) -> list[dict]:
         for b in configs[i + 1:]:
             row = {"a": a.label, "b": b.label}
             for name in ("accuracy", "next_rmse", "next_distance"):
-                diff = a.figure(name) - b.figure(name)
-                low, high = stats.interval(a.replicates[name] - b.replicates[name])
+                diff, low, high = stats.difference(a, b, name)
                 row[name] = (diff, low, high, bool(stats.side(low, high)))
             out.append(row)
     return out

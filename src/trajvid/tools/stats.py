@@ -100,6 +100,13 @@ def interval(values: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def difference(a, b, name: str) -> tuple[float, float, float]:
+    """A − B of two figured things (configurations, fixed models: `figure(name)` and
+    `replicates[name]` on the same sample draws): the point difference and its paired 95 % interval."""
+    low, high = interval(a.replicates[name] - b.replicates[name])
+    return a.figure(name) - b.figure(name), low, high
+
+
 def side(low: float, high: float) -> int:
     """Which side of 0 the interval of a difference A − B lies on: +1 (A higher, resolved), −1
     (A lower, resolved) or 0 (it holds 0: not resolved)."""

@@ -135,13 +135,6 @@ def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
     return ["backbone", *(f"{h} head" for h in HEADS)], rows
 
 
-def _difference(a, b, name: str) -> tuple[float, float, float]:
-    """A − B on the same sample draws: the point difference and its 95 % interval (stats.side: on
-    which side of 0 it lies)."""
-    low, high = stats.interval(a.replicates[name] - b.replicates[name])
-    return a.figure(name) - b.figure(name), low, high
-
-
 def _heads_code(study: Study, backbone: str) -> str | None:
     """Each head's code fingerprint ("keypoints 871434, pooled 9c851c") where `backbone`'s two heads'
     chosen configurations ran different code (so a difference between its heads may not be the
@@ -160,7 +153,7 @@ def heads_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
         if None in pair:
             continue
         keypoints, pooled = pair
-        value, low, high = _difference(pooled, keypoints, "next_rmse")
+        value, low, high = stats.difference(pooled, keypoints, "next_rmse")
         code = _heads_code(study, backbone)
         rows.append([backbone, *(f"{c.figure('next_rmse'):.5f} [{c.interval('next_rmse')[0]:.5f}, "
                                  f"{c.interval('next_rmse')[1]:.5f}] (n={len(c.runs)})" for c in pair),
@@ -209,7 +202,7 @@ class Ensemble:
     combined: Fixed
     reference: tuple[str, object, Fixed]  # the best network's member: (backbone, record, its figures)
     left_out: list[str]  # networks run under the head without a validation curve
-    gap: tuple[float, float, float]  # ensemble − that member in next RMSE, with its 95 % interval (_difference)
+    gap: tuple[float, float, float]  # ensemble − that member in next RMSE, with its 95 % interval (stats.difference)
 
 
 def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
@@ -234,7 +227,7 @@ def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
     backbone, record = min(members, key=lambda m: ran[m[0]].figure("next_rmse"))  # the best network's member
     reference = _fixed(study, stats.per_sample(record.predictions, CLASS_NAMES), f"run {record.name}")
     return Ensemble(head, members, combined, (backbone, record, reference), left_out,
-                    _difference(combined, reference, "next_rmse"))
+                    stats.difference(combined, reference, "next_rmse"))
 
 
 def ensemble_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
@@ -282,7 +275,7 @@ def _head_paragraph(study: Study, head: str) -> str | None:
     if not alone:
         gaps = []
         for c in ranked[1:]:
-            value, low, high = _difference(c, best, "next_rmse")
+            value, low, high = stats.difference(c, best, "next_rmse")
             gaps.append(f"{backbone_of[id(c)]} {c.figure('next_rmse'):.5f} ({value:+.5f} [{low:+.5f}, {high:+.5f}], "
                         f"{stats.verdict(low, high)})")
         text.append("The others, with their paired difference to it: " + "; ".join(gaps) + ".")
@@ -301,7 +294,7 @@ def _head_paragraph(study: Study, head: str) -> str | None:
         for backbone, c in ran.items():
             if backbone == CONTROL:
                 continue
-            _, low, high = _difference(c, control, "next_rmse")
+            _, low, high = stats.difference(c, control, "next_rmse")
             {-1: better, 1: worse, 0: unresolved}[stats.side(low, high)].append(backbone)
         text.append(f"Against the {CONTROL} control (a per-frame 2D network that never sees two frames together; "
                     f"next RMSE {control.figure('next_rmse'):.5f}): lower error, resolved: {_names(better)}; "
@@ -381,14 +374,14 @@ def _both_heads(study: Study) -> str | None:
     reversed_pairs, swapped = [], []
     for i, a in enumerate(both):
         for b in both[i + 1:]:
-            gaps = {h: _difference(chosen[h][a], chosen[h][b], "next_rmse") for h in HEADS}
+            gaps = {h: stats.difference(chosen[h][a], chosen[h][b], "next_rmse") for h in HEADS}
             figures = f"{a} − {b} " + ", ".join(f"{value:+.5f} [{low:+.5f}, {high:+.5f}] under {h}" + (
                 " (n=1: over test samples only)" if 1 in (len(chosen[h][a].runs), len(chosen[h][b].runs)) else "")
                 for h, (value, low, high) in gaps.items())
-            sides = [stats.side(low, high) for _, low, high in gaps.values()]
-            if sides[0] * sides[1] < 0:
+            (value_1, low_1, high_1), (value_2, low_2, high_2) = gaps.values()
+            if stats.side(low_1, high_1) * stats.side(low_2, high_2) < 0:
                 reversed_pairs.append(figures)
-            elif np.prod([np.sign(chosen[h][a].figure("next_rmse") - chosen[h][b].figure("next_rmse")) for h in HEADS]) < 0:
+            elif value_1 * value_2 < 0:  # the point estimates swap (a tie under either head is no swap)
                 swapped.append(figures)
     if not reversed_pairs and not swapped:
         return text + " The head does not change the order of the point estimates."
