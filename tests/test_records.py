@@ -518,6 +518,29 @@ def test_a_pooled_head_reads_as_its_own_runs_without_keypoint_figures(tmp_path):
     assert np.isnan(i3d.keypoint_px())
 
 
+def test_paired_differences_are_under_one_head_or_of_one_backbone(tmp_path):
+    """The differences table pairs configurations under one head (one head's pairs, then the
+    other's) and one backbone across heads, then says what it leaves out: another backbone under
+    another head changes two things at once. With one head it leaves nothing out and says nothing."""
+    _, md, _ = study_answer(tmp_path / "one", KEYPOINTS_RUNS)
+    table = md.split("## Paired differences", 1)[1].split("\n#", 1)[0]
+    assert "left out" not in table
+    assert [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| i3d")] == [
+        ["| i3d (keypoints, fp32)", "magvit (keypoints, fp32)"]]
+
+    _, md, cells = study_answer(tmp_path / "both", KEYPOINTS_RUNS + [("i3d", "pooled", 0, 2.0), ("magvit", "pooled", 0, 1.0)])
+    table = md.split("## Paired differences", 1)[1].split("\n#", 1)[0]
+    assert "a pair that differs in both backbone and head is left out" in table
+    pairs = [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in table.splitlines()
+             if line.startswith("| ") and "fp32)" in line]
+    assert pairs == [("i3d (keypoints, fp32)", "magvit (keypoints, fp32)"), ("i3d (pooled, fp32)", "magvit (pooled, fp32)"),
+                     ("i3d (keypoints, fp32)", "i3d (pooled, fp32)"), ("magvit (keypoints, fp32)", "magvit (pooled, fp32)")]
+    # each row is still the paired difference of its two configurations
+    row = next(line for line in table.splitlines() if line.startswith("| i3d (keypoints, fp32) | i3d (pooled, fp32) |"))
+    value, low, high = gap(cells["i3d keypoints"], cells["i3d pooled"])
+    assert f"{value:+.5f} [{low:+.5f}, {high:+.5f}]" in row, row
+
+
 def test_both_heads_name_networks_whose_heads_ran_different_code(tmp_path):
     """A head comparison of one backbone is the head's only when both heads' runs are of the same
     code: the heads table marks a backbone whose two heads' runs have different code fingerprints,

@@ -257,18 +257,36 @@ def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def differences(section: Section) -> list[dict]:
-    """Every pair of configurations: A - B for accuracy, next RMSE and next mean distance, with
-    the paired bootstrap interval and whether it excludes 0."""
-    out = []
+def compared(a: Configuration, b: Configuration) -> bool:
+    """Whether the differences table pairs a and b: under one head, or one backbone (under its
+    two heads, or in two precisions). Another backbone under another head changes two things
+    at once, so its difference answers neither question."""
+    return a.first["head"] == b.first["head"] or a.first["backbone"] == b.first["backbone"]
+
+
+def differences_note(section: Section) -> str:
+    """What the differences table leaves out, where it leaves anything out ("" otherwise)."""
     configs = section.configurations
-    for i, a in enumerate(configs):
-        for b in configs[i + 1:]:
-            row = {"a": a.label, "b": b.label}
-            for name in ("accuracy", "next_rmse", "next_distance"):
-                diff, low, high = stats.difference(a, b, name)
-                row[name] = (diff, low, high, bool(stats.side(low, high)))
-            out.append(row)
+    if all(compared(a, b) for i, a in enumerate(configs) for b in configs[i + 1:]):
+        return ""
+    return ("Pairs of configurations under one head, and of one backbone under both heads; a pair that "
+            "differs in both backbone and head is left out (it changes two things at once).")
+
+
+def differences(section: Section) -> list[dict]:
+    """Each pair of configurations the table compares (`compared`): A - B for accuracy, next
+    RMSE and next mean distance, with the paired bootstrap interval and whether it excludes 0."""
+    configs = section.configurations
+    pairs = [(a, b) for i, a in enumerate(configs) for b in configs[i + 1:] if compared(a, b)]
+    # one head's pairs together, then the other's, then the backbones across heads
+    pairs.sort(key=lambda p: (p[0].first["head"] != p[1].first["head"], p[0].first["head"]))
+    out = []
+    for a, b in pairs:
+        row = {"a": a.label, "b": b.label}
+        for name in ("accuracy", "next_rmse", "next_distance"):
+            diff, low, high = stats.difference(a, b, name)
+            row[name] = (diff, low, high, bool(stats.side(low, high)))
+        out.append(row)
     return out
 
 
@@ -535,7 +553,8 @@ def render(sections_: list[Section], notes: list[str], heading: int = 2, params:
             parts += [f"{h}# Robustness: accuracy / next RMSE per coordinate on shifted data", "", ROBUSTNESS_NOTE, "",
                       markdown_table(*shifted), ""]
         if len(s.configurations) > 1:
-            parts += [f"{h}# Paired differences", "", markdown_table(*difference_table(s)), ""]
+            note = differences_note(s)
+            parts += [f"{h}# Paired differences", "", *([note, ""] if note else []), markdown_table(*difference_table(s)), ""]
         parts += [f"{h}# Every run", "", markdown_table(*run_table(s)), ""]
     if notes:
         parts += ["Notes: " + " ".join(notes), ""]
@@ -650,7 +669,9 @@ def report(root: Path | str = ".", names: list[str] | None = None, out: Path | s
         if shifted:
             blocks.append(f"<h3>Robustness</h3><p>{html.escape(ROBUSTNESS_NOTE)}</p>" + html_table(*shifted))
         if len(s.configurations) > 1:
-            blocks.append("<h3>Paired differences</h3>" + html_table(*difference_table(s)))
+            note = differences_note(s)
+            blocks.append("<h3>Paired differences</h3>" + (f"<p>{html.escape(note)}</p>" if note else "")
+                          + html_table(*difference_table(s)))
         blocks.append("<h3>Every run</h3>" + html_table(*run_table(s)))
     images = "".join(
         f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
