@@ -1,5 +1,5 @@
 """Run records and the report's statistics, on records written by hand (the records of real DVC
-experiments, shared through a git and an S3 remote, are in test_pipeline.py)."""
+experiments, shared through a git and an S3 remote, are in test_experiments.py)."""
 
 from __future__ import annotations
 

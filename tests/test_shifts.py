@@ -150,7 +150,8 @@ def test_the_robustness_stage_scores_every_shift_beside_the_baseline(tiny_datase
     """The `shift` and `robustness` stages' commands (in process, on a tiny model) for every shift
     of params.yaml: one shifted set and baseline per shift, and metrics/robustness.json with the
     model, the baseline and copy-last on each; a stale baseline is refused before anything is
-    written. (The stages' DVC wiring runs in every pipeline test of test_pipeline.py, one shift.)"""
+    written. (The stages' DVC wiring runs in every DVC test of test_pipeline.py and
+    test_experiments.py, one shift.)"""
     from trajvid.baseline import baseline
     from trajvid.robustness import robustness
     from trajvid.train import train

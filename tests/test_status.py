@@ -1,5 +1,5 @@
 """`trajvid status` on real repositories: empty, queued and failed DVC experiments, a running and
-a killed training in the workspace. (Finished experiments: tests/test_pipeline.py.)"""
+a killed training in the workspace. (Finished experiments: tests/test_experiments.py.)"""
 
 from __future__ import annotations
 
