@@ -421,6 +421,27 @@ def test_runs_on_another_kind_of_device_are_kept_apart_from_the_grid(tmp_path):
     assert "every run counted here trained on cuda;" in md
 
 
+def test_seeds_outside_the_grid_are_named_and_not_counted(tmp_path):
+    """A run of a cell with a training seed outside 0, 1, 2 stays in the tables of every run, but the
+    study's figures are those of the grid's seeds alone: the answer is word for word the one without
+    that run, but for the grid line and the limit naming it; a cell with no grid seed is not run."""
+    grid_only, _, _ = study_answer(tmp_path / "grid", KEYPOINTS_RUNS)
+    extra = [("i3d", "keypoints", 7, 0.5), ("magvit", "keypoints", 9, 5.0), ("frame2d", "keypoints", 11, 1.0)]
+    answer, md, cells = study_answer(tmp_path / "extra", KEYPOINTS_RUNS + extra)
+    assert cells["i3d keypoints"].seeds == [0, 1, 2, 7]  # the tables keep every seed
+    assert "| i3d (keypoints, fp32) | 0, 1, 2, 7 (n=4) |" in md.split("## By configuration", 1)[1]
+    assert ("seeds outside the grid's 0, 1, 2 are not counted: i3d (keypoints) seed 7; magvit (keypoints) seed 9; "
+            "frame2d (keypoints) seed 11.") in answer
+    assert "does not count" not in answer  # of the protocol, only not of its seeds
+    grid = md.split("## The grid", 1)[1].split("\n#", 1)[0]
+    assert "| i3d | seeds 0, 1, 2 (complete); seeds outside the grid (not counted): 7 | not run |" in grid
+    assert "| frame2d (control) | not run; seeds outside the grid (not counted): 11 | not run |" in grid
+    # (copy-last, "For scale", is read off the section's first record: these fakes' last positions differ)
+    drop = lambda text: text.split("**Limits**", 1)[0].split("For scale", 1)[0]  # noqa: E731
+    assert drop(answer) == drop(grid_only), (answer, grid_only)
+    assert "**The grid**: 4 of 30 runs recorded" in answer
+
+
 def study_answer(tmp_path, runs: list[tuple]) -> tuple[str, str, dict]:
     """The report's answer and markdown for study records (backbone, head, seed, skill[, code
     fingerprint]), and each study cell's configuration ("i3d pooled" -> Configuration) of the same

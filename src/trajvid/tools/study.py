@@ -20,6 +20,7 @@ tables beside it show (same replicates: tools/stats.py).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -52,8 +53,27 @@ def protocol(params: dict) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _in_grid(seed) -> bool:
+    return type(seed) is int and seed in SEEDS
+
+
 def _grid_seeds(c) -> list:
-    return sorted({s for s in c.seeds if s in SEEDS})
+    return sorted({s for s in c.seeds if _in_grid(s)})
+
+
+def _grid_part(c):
+    """`c` with only its runs of the grid's seeds, their replicates drawn anew on the section's sample
+    draws (stats.replicates: the same draws for every group of a section): `c` itself when it has no
+    other seed, None when it has none of the grid's. A figure of the study is a mean over the grid's
+    seeds, whatever other seeds a configuration has been run with."""
+    keep = [i for i, r in enumerate(c.runs) if _in_grid(r.run["train_seed"])]
+    if len(keep) == len(c.runs):
+        return c
+    if not keep:
+        return None
+    quantities = [c.quantities[i] for i in keep]
+    [replicates] = stats.replicates([quantities], [c.key], len(c.replicates["next_rmse"]))
+    return dataclasses.replace(c, runs=[c.runs[i] for i in keep], quantities=quantities, replicates=replicates)
 
 
 @dataclass
@@ -63,6 +83,8 @@ class Study:
     backbones: tuple[str, ...]  # the grid's networks (networks())
     device: str = "cpu"  # the kind of device of every run the answer counts (records.device_kind)
     elsewhere: dict[tuple[str, str], list] = field(default_factory=dict)  # the cells' configurations on other kinds
+    placed: set[int] = field(default_factory=set)  # id() of the section's configurations in a cell (whole or in part)
+    beyond: dict[tuple[str, str], list] = field(default_factory=dict)  # per cell: runs of seeds outside SEEDS, not counted
 
     @property
     def size(self) -> int:
@@ -93,12 +115,19 @@ def study_of(section, params: dict | None) -> Study | None:
         return None
     cells_of = protocol(params)
     by_kind: dict[str, dict[tuple[str, str], list]] = {}
+    placed, beyond = set(), {}
     for c in section.configurations:
         cell = cells_of.get(c.first["config_fingerprint"])
-        if cell:
-            by_kind.setdefault(device_kind(c.first), {}).setdefault(cell, []).append(c)
+        if not cell:
+            continue
+        placed.add(id(c))
+        beyond.setdefault(cell, []).extend(r for r in c.runs if not _in_grid(r.run["train_seed"]))
+        part = _grid_part(c)
+        if part is not None:
+            by_kind.setdefault(device_kind(c.first), {}).setdefault(cell, []).append(part)
+    beyond = {cell: runs for cell, runs in beyond.items() if runs}
     if not by_kind:
-        return None
+        return None  # no run of the grid's seeds: nothing of the study to show
     for cells in by_kind.values():
         for configurations in cells.values():
             configurations.sort(key=lambda c: (-len(_grid_seeds(c)), not all(r.robustness for r in c.runs), c.label))
@@ -108,11 +137,15 @@ def study_of(section, params: dict | None) -> Study | None:
     for kind in sorted(k for k in by_kind if k != device):
         for cell, configurations in by_kind[kind].items():
             elsewhere.setdefault(cell, []).extend(configurations)
-    return Study(section, by_kind[device], networks(params), device, elsewhere)
+    return Study(section, by_kind[device], networks(params), device, elsewhere, placed, beyond)
+
+
+def _seed_list(seeds) -> str:
+    return ", ".join(str(s) for s in sorted(set(seeds), key=lambda s: (not isinstance(s, int), s if isinstance(s, int) else 0, str(s))))
 
 
 def _seeds(c) -> str:
-    return ", ".join(str(s) for s in sorted(c.seeds, key=lambda s: (not isinstance(s, int), s if isinstance(s, int) else 0, str(s))))
+    return _seed_list(c.seeds)
 
 
 def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
@@ -124,6 +157,9 @@ def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
             configurations = study.cells.get((backbone, head)) or []
             apart = "".join(f"; on {device_kind(c.first)} (not counted): seeds {_seeds(c)}"
                             for c in study.elsewhere.get((backbone, head)) or [])
+            beyond = study.beyond.get((backbone, head))
+            if beyond:
+                apart += f"; seeds outside the grid (not counted): {_seed_list(r.run['train_seed'] for r in beyond)}"
             if not configurations:
                 row.append("not run" + apart)
                 continue
@@ -422,8 +458,12 @@ def answer(study: Study) -> str:
     if apart:
         limits.append(f"every run counted here trained on {study.device}; the same cells run on another kind of "
                       f"device are kept apart (shown in the tables below, never pooled with these): {', '.join(sorted(apart))}")
-    counted = {id(c) for cs in (*study.cells.values(), *study.elsewhere.values()) for c in cs}
-    outside = [c.label for c in section.configurations if id(c) not in counted]
+    if study.beyond:
+        limits.append("seeds outside the grid's " + ", ".join(map(str, SEEDS)) + " are not counted: " + "; ".join(
+            f"{backbone} ({head}) seed{'s' if len({r.run['train_seed'] for r in runs}) > 1 else ''} "
+            f"{_seed_list(r.run['train_seed'] for r in runs)}"
+            for (backbone, head) in ((b, h) for b in study.backbones for h in HEADS) if (runs := study.beyond.get((backbone, head)))))
+    outside = [c.label for c in section.configurations if id(c) not in study.placed]
     if outside:
         limits.append("the tables below also show runs outside the protocol (params other than params.yaml's "
                       f"with the grid's backbone, head and seed), which this answer does not count: {', '.join(outside)}")
