@@ -18,7 +18,7 @@ from trajvid.inference import PREDICTION_COLUMNS
 from trajvid.tools import stats
 from trajvid.tools.ensemble import ensemble_of_records
 from trajvid.tools.records import RUN_KEYS, Record, RecordError, config_fingerprint, load_records, write_record
-from trajvid.tools.report import differences, report, sections
+from trajvid.tools.report import CHARTS, chart_styles, differences, report, sections
 from trajvid.tools.study import _chain
 
 N = 60  # test samples
@@ -193,6 +193,41 @@ def test_the_pareto_front_is_who_no_one_beats_on_compute_and_error():
     points = [(1.9, 0.007), (2.9, 0.009), (4.3, 0.003), (2.3, 0.016), (1.0, 0.05)]
     assert pareto_front(points) == [4, 0, 2]
     assert json.dumps(pareto_front([(1, 1), (1, 1)])) == "[0, 1]"  # ties beat no one
+
+
+def test_no_two_configurations_are_drawn_alike(tmp_path):
+    """The charts tell every configuration apart however many there are: the full grid (5 networks x
+    2 heads) plus a bf16 and a GPU configuration is 12, past the 10 colours of matplotlib's cycle."""
+    write_params(tmp_path / "params.yaml", default_params())
+    out = tmp_path / "results" / "runs"
+    for backbone in STUDY_BACKBONES:
+        for head in ("keypoints", "pooled"):
+            write_record(*study_record(backbone, head, 0, 2.0), out)
+    write_record(*study_record("i3d", "keypoints", 0, 2.0, precision="bf16"), out)
+    record, data = study_record("i3d", "keypoints", 1, 2.0)
+    record.run["device"], record.name = "cuda:0", record.name + "-cuda"
+    record.run["name"] = record.name
+    write_record(record, data, out)
+    [section] = sections(load_records(tmp_path), replicates=50)
+    assert len(section.configurations) == 12
+    styles = chart_styles(section.configurations, plt_palette())
+    drawn = {(st["color"], st["marker"], st["line"], st["hatch"]) for st in styles}
+    assert len(drawn) == 12, styles
+    by_label = dict(zip((c.label for c in section.configurations), styles))
+    # one backbone keeps its hue across heads (a lighter shade for pooled), another backbone has another
+    i3d_k, i3d_p, magvit_k = (by_label[f"{b} ({h}, fp32)"] for b, h in (("i3d", "keypoints"), ("i3d", "pooled"), ("magvit", "keypoints")))
+    assert len({i3d_k["color"], i3d_p["color"], magvit_k["color"]}) == 3
+    report(tmp_path, replicates=50)  # and every chart draws with them
+    assert all((tmp_path / "reports" / f"{name}.png").stat().st_size > 1000 for name in CHARTS)
+
+
+def plt_palette():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.get_cmap("tab20").colors
 
 
 def test_an_ensemble_of_records_is_the_mean_of_their_stored_predictions(records):

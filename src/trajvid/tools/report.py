@@ -367,13 +367,13 @@ def make_charts(section: Section, out: Path, prefix: str) -> dict[str, Path]:
     matplotlib.use("Agg")  # files only: no display, no browser
     import matplotlib.pyplot as plt
 
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = chart_styles(section.configurations, plt.get_cmap("tab20").colors)
     draw = {"accuracy_rmse": chart_accuracy_rmse, "per_class_accuracy": chart_per_class_accuracy,
             "learning_curves": chart_learning_curves, "error_gflop": chart_error_gflop,
             "time_tradeoff": chart_time_tradeoff}
     paths = {}
     for name in CHARTS:
-        fig = draw[name](plt, section, colors)
+        fig = draw[name](plt, section, styles)
         fig.tight_layout()
         paths[name] = out / f"{prefix}{name}.png"
         atomic_write(paths[name], lambda tmp: fig.savefig(tmp, format="png", dpi=110))
@@ -381,12 +381,35 @@ def make_charts(section: Section, out: Path, prefix: str) -> dict[str, Path]:
     return paths
 
 
+VARIANTS = (("o", "-", ""), ("^", "--", "//"), ("s", ":", "xx"), ("D", "-.", ".."), ("v", (0, (1, 3)), "\\\\"))
+
+
+def chart_styles(configurations: list[Configuration], palette) -> list[dict]:
+    """A style per configuration, so that none is drawn like another: the backbone picks the hue
+    (tab20's pairs, in the registry's order), the head its shade (keypoints dark, pooled light), and
+    each further configuration of the same backbone and head (another precision, code or device)
+    its own marker, line and hatch. (The default cycle of 10 colours repeated from the 11th.)"""
+    from trajvid.backbones import BACKBONES
+
+    order = list(BACKBONES) + sorted({c.first["backbone"] for c in configurations} - set(BACKBONES))
+    seen: dict[tuple, int] = {}
+    out = []
+    for c in configurations:
+        backbone, head = c.first["backbone"], c.first["head"]
+        variant = seen[(backbone, head)] = seen.get((backbone, head), -1) + 1
+        shade = study.HEADS.index(head) if head in study.HEADS else 0
+        marker, line, hatch = VARIANTS[variant % len(VARIANTS)]
+        out.append({"color": palette[(2 * order.index(backbone) + shade) % len(palette)], "marker": marker,
+                    "line": line, "hatch": hatch})
+    return out
+
+
 def _errorbars(c: Configuration, name: str) -> tuple[float, float]:
     value, (low, high) = c.figure(name), c.interval(name)
     return value - low, high - value
 
 
-def chart_accuracy_rmse(plt, section: Section, colors):
+def chart_accuracy_rmse(plt, section: Section, styles):
     """Accuracy and next RMSE per configuration with their 95 % intervals; the baseline and copy-last."""
     configs = section.configurations
     labels = [c.label for c in configs]
@@ -394,7 +417,7 @@ def chart_accuracy_rmse(plt, section: Section, colors):
     for ax, name, title in ((left, "accuracy", "accuracy"), (right, "next_rmse", "next-position RMSE per coordinate")):
         ax.bar(range(len(configs)), [c.figure(name) for c in configs],
                yerr=np.array([_errorbars(c, name) for c in configs]).T.reshape(2, -1),
-               color=[colors[i % len(colors)] for i in range(len(configs))], capsize=4)
+               color=[st["color"] for st in styles], hatch=[st["hatch"] for st in styles], edgecolor="0.25", capsize=4)
         ax.set_xticks(range(len(configs)), labels, rotation=20, ha="right")
         ax.set_title(f"{title} (95 % CI)")
     right.axhline(stats.point([section.copy_last], "next_rmse"), color="r", ls=":", label="copy last position")
@@ -407,14 +430,14 @@ def chart_accuracy_rmse(plt, section: Section, colors):
     return fig
 
 
-def chart_per_class_accuracy(plt, section: Section, colors):
+def chart_per_class_accuracy(plt, section: Section, styles):
     fig, ax = plt.subplots(figsize=(11, 4))
     configs = section.configurations
     width = 0.8 / max(1, len(configs))
     for i, c in enumerate(configs):
         per_class = c.class_accuracy()
         ax.bar([j + i * width for j in range(len(CLASS_NAMES))], [per_class.get(n, math.nan) for n in CLASS_NAMES], width,
-               label=c.label, color=colors[i % len(colors)])
+               label=c.label, color=styles[i]["color"], hatch=styles[i]["hatch"], edgecolor="0.25")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(CLASS_NAMES))], CLASS_NAMES)
     ax.set_ylim(0, 1.02)
     ax.set_title("accuracy per class (mean over seeds)")
@@ -422,14 +445,15 @@ def chart_per_class_accuracy(plt, section: Section, colors):
     return fig
 
 
-def chart_learning_curves(plt, section: Section, colors):
+def chart_learning_curves(plt, section: Section, styles):
     fig, axes = plt.subplots(1, len(CURVES), figsize=(11, 4))
     for ax, curve in zip(axes, CURVES):
         for i, c in enumerate(section.configurations):
             for j, r in enumerate(c.runs):
                 points = r.curves.get(curve)
                 if points:
-                    ax.plot(*zip(*points), color=colors[i % len(colors)], alpha=0.85, marker="o", ms=3,
+                    ax.plot(*zip(*points), color=styles[i]["color"], ls=styles[i]["line"], alpha=0.85,
+                            marker=styles[i]["marker"], ms=3,
                             label=c.label if j == 0 else None)
         ax.set_xlabel("epoch")
         ax.set_title(curve)
@@ -449,14 +473,15 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def chart_error_gflop(plt, section: Section, colors):
+def chart_error_gflop(plt, section: Section, styles):
     """Next RMSE against GFLOP per sample (train step), the Pareto front joined."""
     configs = section.configurations
     points = [(c.first["gflop_per_sample"]["train_step"], c.figure("next_rmse")) for c in configs]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (c, (x, y)) in enumerate(zip(configs, points)):
         low, high = _errorbars(c, "next_rmse")
-        ax.errorbar([x], [y], yerr=[[low], [high]], fmt="o", color=colors[i % len(colors)], label=c.label, capsize=3)
+        ax.errorbar([x], [y], yerr=[[low], [high]], fmt=styles[i]["marker"], color=styles[i]["color"], label=c.label,
+                    capsize=3)
     front = pareto_front(points)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
     ax.set_xlabel("GFLOP per sample (train step)")
@@ -467,13 +492,14 @@ def chart_error_gflop(plt, section: Section, colors):
     return fig
 
 
-def chart_time_tradeoff(plt, section: Section, colors):
+def chart_time_tradeoff(plt, section: Section, styles):
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, c in enumerate(section.configurations):
         minutes = [(r.run["train_time_s"] or math.nan) / 60 for r in c.runs]
-        left.scatter(minutes, [float(q["correct"].mean()) for q in c.quantities], color=colors[i % len(colors)],
-                     label=c.label)
-        right.scatter(minutes, [stats.point([q], "next_rmse") for q in c.quantities], color=colors[i % len(colors)])
+        left.scatter(minutes, [float(q["correct"].mean()) for q in c.quantities], color=styles[i]["color"],
+                     marker=styles[i]["marker"], label=c.label)
+        right.scatter(minutes, [stats.point([q], "next_rmse") for q in c.quantities], color=styles[i]["color"],
+                      marker=styles[i]["marker"])
     for ax, title in ((left, "accuracy"), (right, "next RMSE per coordinate")):
         ax.set_xlabel("training time (min)")
         ax.set_title(f"{title}, one point per run")
