@@ -470,6 +470,15 @@ def test_seeds_outside_the_grid_are_named_and_not_counted(tmp_path):
     assert "does not count" not in answer  # of the protocol, only not of its seeds
     grid = md.split("## The grid", 1)[1].split("\n#", 1)[0]
     assert "| i3d | seeds 0, 1, 2 (complete); seeds outside the grid (not counted): 7 | not run |" in grid
+    # one outside the grid on another kind of device is named with it
+    record, data = study_record("i3d", "keypoints", 5, 2.0)
+    record.run["device"], record.name = "cuda:0", record.name + "-cuda"
+    record.run["name"] = record.name
+    write_record(record, data, tmp_path / "extra" / "results" / "runs")
+    report(tmp_path / "extra", replicates=300)
+    with_cuda = (tmp_path / "extra" / "reports" / "comparison.md").read_text()
+    assert "| i3d | seeds 0, 1, 2 (complete); seeds outside the grid (not counted): 7 on cpu, 5 on cuda | not run |" in with_cuda
+    assert "i3d (keypoints) seeds 7 on cpu, 5 on cuda;" in with_cuda
     assert "| frame2d (control) | not run; seeds outside the grid (not counted): 11 | not run |" in grid
     # (copy-last, "For scale", is read off the section's first record: these fakes' last positions differ)
     drop = lambda text: text.split("**Limits**", 1)[0].split("For scale", 1)[0]  # noqa: E731
@@ -577,7 +586,8 @@ def test_a_pooled_head_reads_as_its_own_runs_without_keypoint_figures(tmp_path):
 def test_paired_differences_are_under_one_head_or_of_one_backbone(tmp_path):
     """The differences table pairs configurations under one head (one head's pairs, then the
     other's) and one backbone across heads, then says what it leaves out: another backbone under
-    another head changes two things at once. With one head it leaves nothing out and says nothing."""
+    another head (or in another precision) changes two things at once. With one head it leaves
+    nothing out and says nothing."""
     _, md, _ = study_answer(tmp_path / "one", KEYPOINTS_RUNS)
     table = md.split("## Paired differences", 1)[1].split("\n#", 1)[0]
     assert "left out" not in table
@@ -586,7 +596,7 @@ def test_paired_differences_are_under_one_head_or_of_one_backbone(tmp_path):
 
     _, md, cells = study_answer(tmp_path / "both", KEYPOINTS_RUNS + [("i3d", "pooled", 0, 2.0), ("magvit", "pooled", 0, 1.0)])
     table = md.split("## Paired differences", 1)[1].split("\n#", 1)[0]
-    assert "a pair that differs in both backbone and head is left out" in table
+    assert "a pair that differs in two or more is left out" in table
     pairs = [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in table.splitlines()
              if line.startswith("| ") and "fp32)" in line]
     assert pairs == [("i3d (keypoints, fp32)", "magvit (keypoints, fp32)"), ("i3d (pooled, fp32)", "magvit (pooled, fp32)"),
@@ -595,6 +605,13 @@ def test_paired_differences_are_under_one_head_or_of_one_backbone(tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| i3d (keypoints, fp32) | i3d (pooled, fp32) |"))
     value, low, high = gap(cells["i3d keypoints"], cells["i3d pooled"])
     assert f"{value:+.5f} [{low:+.5f}, {high:+.5f}]" in row, row
+
+    # another precision is a third thing that can change: i3d bf16 pairs with i3d fp32 under its head only
+    write_record(*study_record("i3d", "keypoints", 0, 2.0, precision="bf16"), tmp_path / "both" / "results" / "runs")
+    report(tmp_path / "both", replicates=300)
+    table = (tmp_path / "both" / "reports" / "comparison.md").read_text().split("## Paired differences", 1)[1].split("\n#", 1)[0]
+    pairs = [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in table.splitlines() if "bf16" in line]
+    assert pairs == [("i3d (keypoints, bf16)", "i3d (keypoints, fp32)")], pairs
 
 
 def test_both_heads_name_networks_whose_heads_ran_different_code(tmp_path):

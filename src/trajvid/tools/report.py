@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trajvid.backbones import BACKBONES
 from trajvid.data.scene import CLASS_NAMES
 from trajvid.errors import TrajvidError
 from trajvid.params import DataParams, TrainParams
@@ -257,11 +258,17 @@ def configuration_table(section: Section) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _factors(c: Configuration) -> tuple[str, str, str, str]:
+    """What a comparison of configurations can be about: backbone, head, precision, kind of device."""
+    return c.first["backbone"], c.first["head"], c.first["mixed_precision"], device_kind(c.first)
+
+
 def compared(a: Configuration, b: Configuration) -> bool:
-    """Whether the differences table pairs a and b: under one head, or one backbone (under its
-    two heads, or in two precisions). Another backbone under another head changes two things
-    at once, so its difference answers neither question."""
-    return a.first["head"] == b.first["head"] or a.first["backbone"] == b.first["backbone"]
+    """Whether the differences table pairs a and b: where they differ in one of backbone, head,
+    precision and kind of device (or in code alone). A pair that differs in two (another backbone
+    under another head, or in another precision) changes two things at once, so its difference
+    answers neither question."""
+    return sum(x != y for x, y in zip(_factors(a), _factors(b))) <= 1
 
 
 def differences_note(section: Section) -> str:
@@ -269,8 +276,8 @@ def differences_note(section: Section) -> str:
     configs = section.configurations
     if all(compared(a, b) for i, a in enumerate(configs) for b in configs[i + 1:]):
         return ""
-    return ("Pairs of configurations under one head, and of one backbone under both heads; a pair that "
-            "differs in both backbone and head is left out (it changes two things at once).")
+    return ("Pairs of configurations that differ in one of backbone, head, precision and kind of device (or in code "
+            "alone); a pair that differs in two or more is left out (it changes two things at once).")
 
 
 def differences(section: Section) -> list[dict]:
@@ -389,8 +396,6 @@ def chart_styles(configurations: list[Configuration], palette) -> list[dict]:
     (tab20's pairs, in the registry's order), the head its shade (keypoints dark, pooled light), and
     each further configuration of the same backbone and head (another precision, code or device)
     its own marker, line and hatch. (The default cycle of 10 colours repeated from the 11th.)"""
-    from trajvid.backbones import BACKBONES
-
     order = list(BACKBONES) + sorted({c.first["backbone"] for c in configurations} - set(BACKBONES))
     seen: dict[tuple, int] = {}
     out = []

@@ -144,6 +144,15 @@ def _seed_list(seeds) -> str:
     return ", ".join(str(s) for s in sorted(set(seeds), key=lambda s: (not isinstance(s, int), s if isinstance(s, int) else 0, str(s))))
 
 
+def _beyond_seeds(study: Study, runs: list) -> str:
+    """The seeds of runs outside the grid, each run on another kind of device than the answer's named so."""
+    kinds = {device_kind(r.run) for r in runs}
+    if kinds == {study.device}:
+        return _seed_list(r.run["train_seed"] for r in runs)
+    return ", ".join(f"{_seed_list([seed])} on {kind}" for seed, kind in sorted(
+        {(r.run["train_seed"], device_kind(r.run)) for r in runs}, key=lambda p: (str(p[1]), str(p[0]))))
+
+
 def _seeds(c) -> str:
     return _seed_list(c.seeds)
 
@@ -159,7 +168,7 @@ def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
                             for c in study.elsewhere.get((backbone, head)) or [])
             beyond = study.beyond.get((backbone, head))
             if beyond:
-                apart += f"; seeds outside the grid (not counted): {_seed_list(r.run['train_seed'] for r in beyond)}"
+                apart += f"; seeds outside the grid (not counted): {_beyond_seeds(study, beyond)}"
             if not configurations:
                 row.append("not run" + apart)
                 continue
@@ -461,7 +470,7 @@ def answer(study: Study) -> str:
     if study.beyond:
         limits.append("seeds outside the grid's " + ", ".join(map(str, SEEDS)) + " are not counted: " + "; ".join(
             f"{backbone} ({head}) seed{'s' if len({r.run['train_seed'] for r in runs}) > 1 else ''} "
-            f"{_seed_list(r.run['train_seed'] for r in runs)}"
+            f"{_beyond_seeds(study, runs)}"
             for (backbone, head) in ((b, h) for b in study.backbones for h in HEADS) if (runs := study.beyond.get((backbone, head)))))
     outside = [c.label for c in section.configurations if id(c) not in study.placed]
     if outside:
