@@ -145,12 +145,13 @@ def _seed_list(seeds) -> str:
 
 
 def _beyond_seeds(study: Study, runs: list) -> str:
-    """The seeds of runs outside the grid, each run on another kind of device than the answer's named so."""
-    kinds = {device_kind(r.run) for r in runs}
-    if kinds == {study.device}:
-        return _seed_list(r.run["train_seed"] for r in runs)
-    return ", ".join(f"{_seed_list([seed])} on {kind}" for seed, kind in sorted(
-        {(r.run["train_seed"], device_kind(r.run)) for r in runs}, key=lambda p: (str(p[1]), str(p[0]))))
+    """The seeds of runs outside the grid, each kind of device's named where any is not the answer's."""
+    by_kind: dict[str, list] = {}
+    for r in runs:
+        by_kind.setdefault(device_kind(r.run), []).append(r.run["train_seed"])
+    if set(by_kind) == {study.device}:
+        return _seed_list(by_kind[study.device])
+    return ", ".join(f"{_seed_list(seeds)} on {kind}" for kind, seeds in sorted(by_kind.items()))
 
 
 def _seeds(c) -> str:
