@@ -379,6 +379,97 @@ def _scale(section, best: float, whose: str) -> str:
     return f"For scale: the classical baseline (no learning) {baseline:.5f}, {ratio}; {copy_last}."
 
 
+VALIDATION_CURVE = "val/position_rmse"  # DVCLive's per-epoch validation next RMSE
+LAST_EPOCHS = 3  # how far back from the last epoch the end-of-training check looks
+FLAT = 0.01  # a relative change of the validation error below this is "less than 1 %"
+
+
+def _by_epoch(curve) -> dict[int, float]:
+    """A DVCLive series [[epoch, value], ...] as epoch -> value (an epoch logged twice: its last value)."""
+    return {int(step): float(value) for step, value in curve or []}
+
+
+def _changes(falls: dict[str, float]) -> str:
+    """How the validation error changed per configuration ("name" -> mean relative fall), in words."""
+    fell = {n: f for n, f in falls.items() if f >= FLAT}
+    flat = [n for n, f in falls.items() if abs(f) < FLAT]
+    rose = {n: -f for n, f in falls.items() if f <= -FLAT}
+
+    def extent(group: dict[str, float]) -> str:
+        low, high = min(group, key=group.get), max(group, key=group.get)
+        return f"by {100 * group[low]:.0f} %" if low == high else (
+            f"by {100 * group[low]:.0f} % for {low} to {100 * group[high]:.0f} % for {high}")
+
+    if len(fell) == len(falls):
+        return f"fell for every configuration, {extent(fell)}"
+    out = [f"fell for {', '.join(fell)} ({extent(fell)})"] if fell else []
+    if flat:
+        out.append(f"changed by less than {100 * FLAT:.0f} % for {', '.join(flat)}")
+    if rose:
+        out.append(f"rose for {', '.join(rose)} ({extent(rose)})")
+    return ", ".join(out)
+
+
+def _end_of_training(study: Study) -> str | None:
+    """Where training stopped on the validation curves: per chosen configuration, the change of the
+    validation next RMSE (mean over seeds) over the last LAST_EPOCHS epochs and over the last one,
+    what the learning rate did meanwhile, and per head since which epoch the networks' mean curves
+    have kept their final order. None when no configuration has a curve longer than LAST_EPOCHS."""
+    curves_of, left_out, lr = {}, [], []
+    for backbone in study.backbones:
+        for head in HEADS:
+            c = study.chosen(backbone, head)
+            if c is None:
+                continue
+            curves = [_by_epoch(r.curves.get(VALIDATION_CURVE)) for r in c.runs]
+            end = max(curves[0], default=0)
+            wanted = range(end - LAST_EPOCHS, end + 1)
+            if (end <= LAST_EPOCHS or any(set(cv) != set(curves[0]) for cv in curves)
+                    or not all(e in cv and math.isfinite(cv[e]) and cv[e] > 0 for cv in curves for e in wanted)):
+                left_out.append(f"{backbone} ({head})")
+                continue
+            curves_of[(backbone, head)] = curves
+            for r in c.runs:
+                rate = _by_epoch(r.curves.get("lr"))
+                if end - LAST_EPOCHS in rate and end in rate:
+                    lr.append((rate[end - LAST_EPOCHS], rate[end]))
+    if not curves_of:
+        return None
+    name = {cell: f"{cell[0]} ({cell[1]})" for cell in curves_of}
+    ends = sorted({max(cvs[0]) for cvs in curves_of.values()})
+    of = f"{ends[0]}" if len(ends) == 1 else f"{ends[0]}–{ends[-1]}"
+
+    def falls(back: int) -> dict[str, float]:
+        return {name[cell]: float(np.mean([1 - cv[max(cv)] / cv[max(cv) - back] for cv in cvs]))
+                for cell, cvs in curves_of.items()}
+
+    over = falls(LAST_EPOCHS)
+    text = f"over the last {LAST_EPOCHS} of {of} epochs"
+    if lr:
+        starts, stops = sorted({f"{a:.2g}" for a, _ in lr}), sorted({f"{b:.2g}" for _, b in lr})
+        text += (f", while the learning rate went from {' to '.join(dict.fromkeys([starts[0], starts[-1]]))} to "
+                 f"{' to '.join(dict.fromkeys([stops[0], stops[-1]]))}")
+    text += (f", the validation next RMSE (mean over seeds) {_changes(over)}; over the last epoch alone it "
+             f"{_changes(falls(1))}; the figures are those of this protocol's {of}-epoch schedule")
+    if any(f >= FLAT for f in over.values()):
+        text += ", and a longer one might lower them or change their order"
+    for head in HEADS:
+        cells = [cell for cell in curves_of if cell[1] == head]
+        epochs = sorted(curves_of[cells[0]][0]) if cells else []
+        if len(cells) < 2 or any(sorted(curves_of[cell][0]) != epochs for cell in cells):
+            continue  # (one network, or curves of other epochs: no order along one schedule)
+        mean = {cell: [np.mean([cv[e] for cv in curves_of[cell]]) for e in epochs] for cell in cells}
+        order = [sorted(cells, key=lambda cell: mean[cell][i]) for i in range(len(epochs))]
+        since = len(epochs) - 1
+        while since > 0 and order[since - 1] == order[-1]:
+            since -= 1
+        text += (f"; under the {head} head the networks' order on validation (means over seeds) has been the final one "
+                 + ("only at the last epoch" if since == len(epochs) - 1 else f"since epoch {epochs[since]} of {epochs[-1]}"))
+    if left_out:
+        text += f" ({', '.join(left_out)}: no validation curve of more than {LAST_EPOCHS} epochs in every run)"
+    return text
+
+
 def _missing_text(study: Study) -> str:
     """The cells not run, per head, the backbones lacking the same seeds together."""
     missing, per_head = study.missing(), []
@@ -461,6 +552,9 @@ def answer(study: Study) -> str:
     if code:
         limits.append("the two heads' runs of " + ", ".join(f"{b} ({fps})" for b, fps in code.items()) + " are of "
                       "different code (code fingerprints), so a difference between the heads may not be the head's alone")
+    trained = _end_of_training(study)
+    if trained:
+        limits.append(trained)
     limits.append("each interval is 95 % on its own, with no correction for the number of comparisons")
     limits.append("one synthetic dataset with one camera rig; the shifted sets (Robustness) are the only test of "
                   "anything else")
