@@ -349,8 +349,8 @@ def test_the_answer_and_the_grid_are_the_study_cells_of_the_records(tmp_path):
     assert "**The grid**: 7 of 30 runs recorded" in answer  # i3d keypoints 3, magvit 2, frame2d 1, i3d pooled 1
     grid = md.split("## The grid", 1)[1].split("## Both heads", 1)[0]
     i3d = next(line for line in grid.splitlines() if line.startswith("| i3d |"))
-    assert "seeds 0, 1, 2 (complete); other code aaaaaa: seeds 0 | seeds 0 |" in i3d
-    assert "| slowfast | not run | not run |" in grid and "| frame2d (control) | seeds 0 | not run |" in grid
+    assert "seeds 0, 1, 2 (complete); other code aaaaaa: seed 0 | seed 0 |" in i3d
+    assert "| slowfast | not run | not run |" in grid and "| frame2d (control) | seed 0 | not run |" in grid
     assert "| transformer | not run | not run |" in grid  # its bf16 run is not of the protocol
     assert "does not count: transformer (keypoints, bf16)" in answer
     [section] = sections(load_records(tmp_path), replicates=300)
@@ -446,13 +446,13 @@ def test_runs_on_another_kind_of_device_are_kept_apart_from_the_grid(tmp_path):
     assert "kept apart (shown in the tables below, never pooled with these): i3d (keypoints, fp32, cuda)" in answer
     assert "does not count" not in answer  # apart, not outside the protocol
     grid = md.split("## The grid", 1)[1]
-    assert "| i3d | seeds 0; on cuda (not counted): seeds 0, 1 | not run |" in grid
+    assert "| i3d | seed 0; on cuda (not counted): seeds 0, 1 | not run |" in grid
     # once the GPU's grid holds more runs, the answer is the GPU's, and the CPU runs are the ones apart
     add("frame2d", 0, 1.1, "cuda:0")
     report(tmp_path, replicates=300)
     md = (tmp_path / "reports" / "comparison.md").read_text()
     assert "**The grid**: 3 of 30 runs recorded on cuda" in md
-    assert "| i3d | seeds 0, 1; on cpu (not counted): seeds 0 | not run |" in md
+    assert "| i3d | seeds 0, 1; on cpu (not counted): seed 0 | not run |" in md
     assert "every run counted here trained on cuda;" in md
 
 

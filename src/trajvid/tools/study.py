@@ -155,7 +155,8 @@ def _beyond_seeds(study: Study, runs: list) -> str:
 
 
 def _seeds(c) -> str:
-    return _seed_list(c.seeds)
+    """ "seed 0" or "seeds 0, 1": a configuration's seeds, as the grid's cells name them."""
+    return ("seed " if len(set(c.seeds)) == 1 else "seeds ") + _seed_list(c.seeds)
 
 
 def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
@@ -165,7 +166,7 @@ def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
         row = [backbone + (" (control)" if backbone == CONTROL else "")]
         for head in HEADS:
             configurations = study.cells.get((backbone, head)) or []
-            apart = "".join(f"; on {device_kind(c.first)} (not counted): seeds {_seeds(c)}"
+            apart = "".join(f"; on {device_kind(c.first)} (not counted): {_seeds(c)}"
                             for c in study.elsewhere.get((backbone, head)) or [])
             beyond = study.beyond.get((backbone, head))
             if beyond:
@@ -174,8 +175,8 @@ def grid_table(study: Study) -> tuple[list[str], list[list[str]]]:
                 row.append("not run" + apart)
                 continue
             first, *others = configurations
-            text = f"seeds {_seeds(first)}" + (" (complete)" if _grid_seeds(first) == list(SEEDS) else "")
-            text += "".join(f"; other code {c.first['code_fingerprint'][:6]}: seeds {_seeds(c)}" for c in others)
+            text = _seeds(first) + (" (complete)" if _grid_seeds(first) == list(SEEDS) else "")
+            text += "".join(f"; other code {c.first['code_fingerprint'][:6]}: {_seeds(c)}" for c in others)
             row.append(text + apart)
         rows.append(row)
     return ["backbone", *(f"{h} head" for h in HEADS)], rows
