@@ -265,10 +265,14 @@ def _factors(c: Configuration) -> tuple[str, str, str, str]:
 
 def compared(a: Configuration, b: Configuration) -> bool:
     """Whether the differences table pairs a and b: where they differ in one of backbone, head,
-    precision and kind of device (or in code alone). A pair that differs in two (another backbone
-    under another head, or in another precision) changes two things at once, so its difference
-    answers neither question."""
-    return sum(x != y for x, y in zip(_factors(a), _factors(b))) <= 1
+    precision, kind of device and, for one backbone, code (every backbone has code of its own, so
+    between backbones the code is part of the backbone). A pair that differs in two (another
+    backbone under another head, another precision on other code) changes two things at once, so
+    its difference answers neither question."""
+    changes = sum(x != y for x, y in zip(_factors(a), _factors(b)))
+    if a.first["backbone"] == b.first["backbone"]:
+        changes += a.first["code_fingerprint"] != b.first["code_fingerprint"]
+    return changes <= 1
 
 
 def differences_note(section: Section) -> str:
@@ -276,8 +280,8 @@ def differences_note(section: Section) -> str:
     configs = section.configurations
     if all(compared(a, b) for i, a in enumerate(configs) for b in configs[i + 1:]):
         return ""
-    return ("Pairs of configurations that differ in one of backbone, head, precision and kind of device (or in code "
-            "alone); a pair that differs in two or more is left out (it changes two things at once).")
+    return ("Pairs of configurations that differ in one of backbone, head, precision, kind of device and (for one "
+            "backbone) code; a pair that differs in two or more is left out (it changes two things at once).")
 
 
 def differences(section: Section) -> list[dict]:
@@ -357,8 +361,9 @@ def reduced_note(runs: list[Record]) -> str:
 
 
 INTRO = ("Figures computed from each run's per-sample predictions on the scored split (run records, "
-         "`results/runs/`). A configuration's figure is the mean over its training seeds; the 95 % interval is a "
-         "two-level bootstrap over training seeds and test samples (with one seed: over test samples only). "
+         "`results/runs/`). A configuration's figure is the mean over its training seeds; the 95 % interval is "
+         "over training seeds (a t interval of their mean) and test samples (bootstrapped); with one seed: over test "
+         "samples only. "
          "Differences are paired: both configurations on the same resampled test samples; *resolved* when the "
          "interval excludes 0. next RMSE per coord. = sqrt(mean over samples and x, y, z of the squared error); next "
          "mean distance = mean Euclidean distance; next Euclidean RMSE = sqrt(mean squared distance); world units. "

@@ -236,8 +236,9 @@ def _fixed(study: Study, quantities: dict[str, np.ndarray], key: str) -> Fixed:
 ENSEMBLE_NOTE = ("The equal-weight ensemble of each network's best seed under one head (best: the lowest validation "
                  "next RMSE at the last epoch, never the scored split), from the stored predictions: the members' class "
                  "probabilities and next positions averaged per sample, as `trajvid ensemble` of the same records does. "
-                 "It is compared with its member from the best network (that network's seed chosen on validation, not "
-                 "its mean over seeds): two fixed models, so the interval covers the test samples only, on the same draws.")
+                 "It is compared with its best member, again chosen on validation (the lowest validation next RMSE of "
+                 "all members), never on the test split: two fixed models, so the interval covers the test samples "
+                 "only, on the same draws.")
 
 
 @dataclass
@@ -247,20 +248,21 @@ class Ensemble:
     head: str
     members: list[tuple[str, object]]  # (backbone, record), in the grid's order
     combined: Fixed
-    reference: tuple[str, object, Fixed]  # the best network's member: (backbone, record, its figures)
+    reference: tuple[str, object, Fixed]  # the member best on validation: (backbone, record, its figures)
     left_out: list[str]  # networks run under the head without a validation curve
     gap: tuple[float, float, float]  # ensemble − that member in next RMSE, with its 95 % interval (stats.difference)
 
 
 def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
     """The ensemble of `head`'s networks (None with fewer than two that have a validation curve)."""
-    members, left_out = [], []
+    members, left_out, validation = [], [], {}
     ran = {b: c for b in study.backbones if (c := study.chosen(b, head)) is not None}
     for backbone, c in ran.items():
         val = [(r.curves.get("val/position_rmse") or [[0, math.nan]])[-1][1] for r in c.runs]
         finite = [(v, i) for i, v in enumerate(val) if isinstance(v, (int, float)) and math.isfinite(v)]
         if finite:
             members.append((backbone, c.runs[min(finite)[1]]))
+            validation[backbone] = min(finite)[0]
         else:
             left_out.append(backbone)
     if len(members) < 2:
@@ -271,7 +273,7 @@ def best_seed_ensemble(study: Study, head: str) -> Ensemble | None:
     for column in (*(f"prob_{c}" for c in CLASS_NAMES), *(f"next_{c}" for c in "xyz")):
         mean[column] = np.mean([t[column].astype(np.float64) for t in tables], axis=0)
     combined = _fixed(study, stats.per_sample(mean, CLASS_NAMES), f"ensemble {head}: " + " + ".join(r.name for _, r in members))
-    backbone, record = min(members, key=lambda m: ran[m[0]].figure("next_rmse"))  # the best network's member
+    backbone, record = min(members, key=lambda m: validation[m[0]])  # the member best on validation
     reference = _fixed(study, stats.per_sample(record.predictions, CLASS_NAMES), f"run {record.name}")
     return Ensemble(head, members, combined, (backbone, record, reference), left_out,
                     stats.difference(combined, reference, "next_rmse"))
@@ -292,7 +294,7 @@ def ensemble_table(study: Study) -> tuple[list[str], list[list[str]]] | None:
     if not rows:
         return None
     return ["head", "members (each network's best seed on validation)", "accuracy [95 % CI]",
-            "next RMSE per coord. [95 % CI]", "its member from the best network: next RMSE",
+            "next RMSE per coord. [95 % CI]", "its best member on validation: next RMSE",
             "ensemble − that member [95 % CI]"], rows
 
 
@@ -326,12 +328,16 @@ def _head_paragraph(study: Study, head: str) -> str | None:
             gaps.append(f"{backbone_of[id(c)]} {c.figure('next_rmse'):.5f} ({value:+.5f} [{low:+.5f}, {high:+.5f}], "
                         f"{stats.verdict(low, high)})")
         text.append("The others, with their paired difference to it: " + "; ".join(gaps) + ".")
-    accuracy = min(c.figure("accuracy") for c in ranked)
+        single = [backbone_of[id(c)] for c in ranked if len(c.runs) == 1]
+        if single:
+            text.append(f"One seed only (n=1), so every interval of {_names(single)} covers the test samples only "
+                        "and says nothing about another seed.")
+    accuracy = min(stats.point([q], "accuracy") for c in ranked for q in c.quantities)  # the lowest of any run
     shown = f"{math.floor(accuracy * 1e4) / 1e4:.4f}"  # rounded down: never above what a network reached
     if accuracy == 1:
         text.append(f"Accuracy: 1.0000 for {alone or 'every network run'} (every test sample classified correctly).")
     else:
-        text.append(f"Accuracy: {alone} {shown}." if alone else f"Accuracy: {shown} or higher for every network run.")
+        text.append(f"Accuracy: {alone} {shown}." if alone else f"Accuracy: {shown} or higher for every run.")
     control = ran.get(CONTROL)
     if control is None:
         text.append(f"The {CONTROL} control is not run under this head yet, so nothing here says whether seeing "
@@ -361,8 +367,27 @@ def _head_paragraph(study: Study, head: str) -> str | None:
                     f"{value:+.5f} [{low:+.5f}, {high:+.5f}] against its "
                     f"member {backbone} seed {record.run['train_seed']} ({stats.verdict(low, high)})"
                     + (f"; {_names(found.left_out)} left out (no validation curve)" if found.left_out else "") + ".")
+    copy_last = _against_copy_last(study, {backbone_of[id(c)]: c for c in ranked})
+    if copy_last:
+        text.append(copy_last)
     text.append(_scale(study.section, best.figure("next_rmse"), f"{alone}'s" if alone else "the best network's"))
     return " ".join(text)
+
+
+def _against_copy_last(study: Study, ran: dict) -> str | None:
+    """The networks (name -> configuration) not resolved below copying the last visible position, on
+    the same resampled test samples; None when every one is (the learning did something)."""
+    section = study.section
+    copy_last = Fixed(section.copy_last, section.copy_last_replicates)
+    above, unresolved = [], []
+    for backbone, c in ran.items():
+        _, low, high = stats.difference(c, copy_last, "next_rmse")
+        {1: above, 0: unresolved}.get(stats.side(low, high), []).append(backbone)
+    if not above and not unresolved:
+        return None
+    return (f"Against copying the last visible position (no learning; next RMSE {copy_last.figure('next_rmse'):.5f}): "
+            f"higher error, resolved: {_names(above)}; not resolved: {_names(unresolved)}; lower error, resolved: "
+            f"{_names([b for b in ran if b not in above + unresolved])}.")
 
 
 def _scale(section, best: float, whose: str) -> str:
@@ -497,6 +522,14 @@ def _chain(items: list[tuple[str, float]]) -> str:
     return out
 
 
+def _one_seed_sides(chosen: dict, pair: tuple[str, ...]) -> str:
+    """" (frame2d n=1: its side over test samples only)" for the networks of `pair` with one seed."""
+    alone = [b for b in pair if len(chosen[b].runs) == 1]
+    if not alone:
+        return ""
+    return f" ({' and '.join(alone)} n=1: {'its side' if len(alone) == 1 else 'both sides'} over test samples only)"
+
+
 def _both_heads(study: Study) -> str | None:
     """How the head changes the ranking of the networks run under both heads (None for fewer than two).
     An order of point estimates flips on noise, so the head is said to decide the ranking only where a
@@ -513,9 +546,8 @@ def _both_heads(study: Study) -> str | None:
     for i, a in enumerate(both):
         for b in both[i + 1:]:
             gaps = {h: stats.difference(chosen[h][a], chosen[h][b], "next_rmse") for h in HEADS}
-            figures = f"{a} − {b} " + ", ".join(f"{value:+.5f} [{low:+.5f}, {high:+.5f}] under {h}" + (
-                " (n=1: over test samples only)" if 1 in (len(chosen[h][a].runs), len(chosen[h][b].runs)) else "")
-                for h, (value, low, high) in gaps.items())
+            figures = f"{a} − {b} " + ", ".join(f"{value:+.5f} [{low:+.5f}, {high:+.5f}] under {h}"
+                                                  + _one_seed_sides(chosen[h], (a, b)) for h, (value, low, high) in gaps.items())
             (value_1, low_1, high_1), (value_2, low_2, high_2) = gaps.values()
             if stats.side(low_1, high_1) * stats.side(low_2, high_2) < 0:
                 reversed_pairs.append(figures)
