@@ -12,8 +12,9 @@ computed from the records' per-sample predictions (tools/stats.py).
 - Runs on different data (data fingerprint: the SHA-256 of the dataset's SHA256SUMS) never share a
   table or a chart: each dataset has its own section, with the classical baseline that scored the
   same data and copying the last visible position on the same samples.
-- Figures: the mean over seeds with a 95 % interval over seeds and test samples (two-level
-  bootstrap), and the paired differences between configurations on the same test samples.
+- Figures: the mean over seeds with a 95 % interval over seeds (a t interval) and test samples
+  (bootstrapped), and the paired differences between configurations on the same test samples
+  (tools/stats.py).
 
 Writes reports/comparison.md, reports/comparison.html (self-contained: charts inlined as data
 URIs, no script or style from anywhere) and the charts as PNG files. `--publish` also writes the
@@ -56,7 +57,7 @@ class Configuration:
     """The runs of one configuration (same data, code, params but the training seed, and kind of device)."""
 
     label: str
-    key: str  # code and config fingerprints (and a device kind other than cpu): what the seeds' bootstrap draws are named by
+    key: str  # code and config fingerprints (and a device kind other than cpu): what the seeds' t draws are named by
     runs: list[Record]
     quantities: list[dict[str, np.ndarray]] = field(default_factory=list)  # per run: stats.per_sample
     replicates: dict[str, np.ndarray] = field(default_factory=dict)  # stats.replicates of this group
@@ -286,7 +287,7 @@ def differences_note(section: Section) -> str:
 
 def differences(section: Section) -> list[dict]:
     """Each pair of configurations the table compares (`compared`): A - B for accuracy, next
-    RMSE and next mean distance, with the paired bootstrap interval and whether it excludes 0."""
+    RMSE and next mean distance, with its paired interval (tools/stats.py) and whether it excludes 0."""
     configs = section.configurations
     pairs = [(a, b) for i, a in enumerate(configs) for b in configs[i + 1:] if compared(a, b)]
     # one head's pairs together, then the other's, then the backbones across heads

@@ -15,6 +15,11 @@ replicates:
   that it is estimated from S values, so its "95 %" intervals were far too narrow.
   With one seed there is nothing to estimate the spread from: the interval covers the test
   samples only, and the report says n = 1.
+  Two things make these intervals err on the wide side, so that "resolved" is a cautious verdict:
+  a difference A - B draws A's and B's t apart (the Behrens-Fisher fiducial interval: with equal
+  spreads wider than Welch's, e.g. 6.5 standard errors against 3.9 for 3 + 3 seeds), and each
+  seed's figure on all samples carries some test-sample noise of its own, so the seeds' spread
+  counts part of the samples' doubt a second time.
 Replicates are clipped to the figure's range (accuracy in [0, 1], errors >= 0). A difference is
 *resolved* when its interval excludes 0.
 

@@ -330,9 +330,11 @@ def _head_paragraph(study: Study, head: str) -> str | None:
         text.append("The others, with their paired difference to it: " + "; ".join(gaps) + ".")
         single = [backbone_of[id(c)] for c in ranked if len(c.runs) == 1]
         if single:
-            text.append(f"One seed only (n=1), so every interval of {_names(single)} covers the test samples only "
-                        "and says nothing about another seed.")
-    accuracy = min(stats.point([q], "accuracy") for c in ranked for q in c.quantities)  # the lowest of any run
+            text.append(f"One seed only (n=1) for {_names(single)}: "
+                        f"{'its' if len(single) == 1 else 'their'} own interval covers the test samples only and says "
+                        "nothing about another seed.")
+    accuracy = (ranked[0].figure("accuracy") if alone  # its figure, as its table row; else the lowest of any run
+                else min(stats.point([q], "accuracy") for c in ranked for q in c.quantities))
     shown = f"{math.floor(accuracy * 1e4) / 1e4:.4f}"  # rounded down: never above what a network reached
     if accuracy == 1:
         text.append(f"Accuracy: 1.0000 for {alone or 'every network run'} (every test sample classified correctly).")
