@@ -15,10 +15,12 @@ half-written stays. A traceback means a bug.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -41,6 +43,20 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+class _Interrupts:
+    """What this process's signal handling has seen. Python runs a signal's handler between two
+    bytecodes of the main thread, wherever that is. Inside a destructor or an at-fork callback
+    (the DataLoader forking its workers runs `logging`'s) the exception it raises is printed and
+    dropped, and the command would go on; an interrupt caught while torch builds a DataLoader
+    leaves objects whose destructors and threads then fail too. So the handler notes the signal
+    before it raises, a dropped interrupt is sent again (`_unraisable`), what fails after an
+    interrupt stays quiet, and `main` ends the process as soon as the interrupt is reported."""
+
+    received: str | None = None  # the first signal received, e.g. "SIGTERM"
+    raising = True  # False once an interrupt is being reported: a late signal is noted, not raised
+    exit_code: int | None = None  # once the one line `error: interrupted by ...` is out
+
+
 def _interrupt_handler(owner: int):
     """SIGTERM -> Interrupted in the process `owner` only. Forked DataLoader workers inherit the
     handler; one of them raising would print a traceback of its own on the shared stderr, so
@@ -51,7 +67,10 @@ def _interrupt_handler(owner: int):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        raise Interrupted(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        _Interrupts.received = _Interrupts.received or name
+        if _Interrupts.raising:
+            raise Interrupted(name)
 
     return handle
 
@@ -62,41 +81,80 @@ def stage(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
+        _Interrupts.received, _Interrupts.raising, _Interrupts.exit_code = None, True, None
         previous = signal.signal(signal.SIGTERM, _interrupt_handler(os.getpid()))
         # Installed before the command runs: the DataLoader's destructor can complain while the
         # interrupt is still unwinding through the training loop, before any handler below runs.
-        sys.unraisablehook = _quiet_about_killed_workers
+        sys.unraisablehook, threading.excepthook = _unraisable, _thread_failed
         try:
             return command(*args, **kwargs)
         except TrajvidError as error:
             _fail(str(error), error.exit_code)
         except (Interrupted, KeyboardInterrupt, Exception) as raised:
             # A signal sent to the whole process group also ends DataLoader workers, and torch
-            # then raises its own error while the interrupt is being handled: report the interrupt.
+            # then raises its own error, while the interrupt is being handled or (its exception
+            # dropped, see _Interrupts) in its place: report the interrupt.
             error = _interrupt_in(raised)
-            if error is None:
+            if error is None and _Interrupts.received is None:
                 raise
-            name = error.signal_name if isinstance(error, Interrupted) else "SIGINT"
+            _Interrupts.raising = False
+            # torch's SIGCHLD handler raises as each worker the signal killed ends: not now.
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            name = _Interrupts.received if error is None else getattr(error, "signal_name", "SIGINT")
             doing = getattr(error, "while_writing", None)
             where = f"while writing {doing}" if doing else f"during `trajvid {command.__name__}`"
+            _Interrupts.exit_code = 128 + getattr(signal, name)
             _fail(f"interrupted by {name} {where}; nothing half-written was kept and earlier outputs are "
                   "intact; run it again (`dvc repro`) to restart, or to resume training from its last checkpoint",
-                  128 + getattr(signal, name))
+                  _Interrupts.exit_code)
         finally:
             signal.signal(signal.SIGTERM, previous)
 
     return run
 
 
-def _quiet_about_killed_workers(unraisable) -> None:
-    """When a signal to the whole process group ends the DataLoader workers, torch's destructor
-    complains that they were killed ("Exception ignored in ..."): that is the interrupt, reported
-    as one line. Only destructor noise is dropped: a worker dying during training still raises
-    in the training loop itself and is reported there."""
-    text = str(unraisable.exc_value)
-    if isinstance(unraisable.exc_value, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
-        return
-    sys.__unraisablehook__(unraisable)
+def _unraisable(unraisable) -> None:
+    """Errors Python cannot raise (in a destructor, an at-fork callback), some of them ours:
+    - an interrupt (SIGTERM's Interrupted, SIGINT's KeyboardInterrupt) dropped where it landed:
+      the signal is sent again, so that it is raised in the command's own code and reported there;
+    - torch's DataLoader destructor complaining that its workers were killed by a signal (one
+      sent to the whole process group): that is the interrupt, reported as one line (a worker
+      dying during training still raises in the training loop itself and is reported there);
+    - after an interrupt, anything: objects it left half-built failing (a pipe closed twice).
+    Anything else is printed as Python prints it."""
+    try:
+        error = unraisable.exc_value
+        text = str(error)
+        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+            _Interrupts.received = _Interrupts.received or getattr(error, "signal_name", "SIGINT")
+            _send_again(_Interrupts.received)
+        elif isinstance(error, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
+            pass
+        elif _Interrupts.received is None:
+            sys.__unraisablehook__(unraisable)
+    except (Interrupted, KeyboardInterrupt) as late:  # a signal whose handler ran in this hook
+        _send_again(getattr(late, "signal_name", "SIGINT"))
+
+
+def _thread_failed(failure) -> None:
+    """A thread's uncaught exception: quiet after an interrupt (a DataLoader's queue feeder
+    thread whose pipe the interrupt closed), printed as Python prints it otherwise."""
+    if _Interrupts.received is None:
+        threading.__excepthook__(failure)
+
+
+def _send_again(name: str) -> None:
+    """Send the signal `name` to this process again in a moment, from another thread: sent from
+    here, its handler would run before this hook returns, where its exception is dropped too."""
+    pid, signum = os.getpid(), getattr(signal, name)
+
+    def send() -> None:
+        if _Interrupts.raising:  # not once the command is already reporting an interrupt
+            os.kill(pid, signum)
+
+    timer = threading.Timer(0.01, send)
+    timer.daemon = True
+    timer.start()
 
 
 def _interrupt_in(error: BaseException | None) -> BaseException | None:
@@ -380,7 +438,25 @@ def _run_workspace_code() -> None:
 
 def main() -> None:  # the `trajvid` command and `python -m trajvid`
     _run_workspace_code()
-    app(prog_name="trajvid")
+    try:
+        app(prog_name="trajvid")
+    except BaseException:
+        if _Interrupts.exit_code is not None:
+            _end_after_interrupt(_Interrupts.exit_code)
+        raise
+
+
+def _end_after_interrupt(code: int) -> None:
+    """End the process now that the interrupt is reported: Python's shutdown would run the
+    destructors and threads of what the interrupt left half-built, and their tracebacks would
+    follow the one line. Child processes (DataLoader workers) are ended first, as at a normal exit."""
+    try:
+        for child in multiprocessing.active_children():
+            child.terminate()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
