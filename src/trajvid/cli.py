@@ -44,33 +44,44 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 class _Interrupts:
-    """What this process's signal handling has seen. Python runs a signal's handler between two
-    bytecodes of the main thread, wherever that is. Inside a destructor or an at-fork callback
-    (the DataLoader forking its workers runs `logging`'s) the exception it raises is printed and
-    dropped, and the command would go on; an interrupt caught while torch builds a DataLoader
-    leaves objects whose destructors and threads then fail too. So the handler notes the signal
-    before it raises, a dropped interrupt is sent again (`_unraisable`), what fails after an
-    interrupt stays quiet, and `main` ends the process as soon as the interrupt is reported."""
+    """What this process's signal handling has seen (SIGTERM and SIGINT: the interrupts).
 
-    received: str | None = None  # the first signal received, e.g. "SIGTERM"
-    raising = True  # False once an interrupt is being reported: a late signal is noted, not raised
+    Python runs a signal's handler between two bytecodes of the main thread, wherever that is.
+    Inside a destructor or an at-fork callback (the DataLoader forking its workers runs
+    `logging`'s) the exception it raises is printed and dropped, and the command would go on; an
+    interrupt caught while torch builds a DataLoader leaves objects whose destructors and threads
+    then fail too, and a callback cut short can leave a lock held (`logging`'s). So the handler
+    notes the signal before it raises; a dropped interrupt is sent again (`_unraisable`), or
+    raised when the command returns; what fails after an interrupt stays quiet; and `main` ends
+    the process as soon as the interrupt is reported."""
+
+    received: str | None = None  # the first interrupt received, e.g. "SIGTERM"
+    raised = False  # its exception is on its way up (not dropped): a second one is only noted
+    reporting = False  # the command's failure is being reported: an interrupt is only noted
     exit_code: int | None = None  # once the one line `error: interrupted by ...` is out
+    timers: list = []  # pending `_send_again`s, cancelled when the command ends
 
 
 def _interrupt_handler(owner: int):
-    """SIGTERM -> Interrupted in the process `owner` only. Forked DataLoader workers inherit the
-    handler; one of them raising would print a traceback of its own on the shared stderr, so
-    there the signal does what it does by default (the worker ends; training reports it)."""
+    """SIGTERM -> Interrupted, SIGINT -> KeyboardInterrupt, in the process `owner` only. Forked
+    DataLoader workers inherit the handler; one of them raising Interrupted would print a
+    traceback of its own on the shared stderr, so there SIGTERM does what it does by default (the
+    worker ends; training reports it) and SIGINT what Python does (KeyboardInterrupt, which
+    torch's workers catch and end on)."""
 
     def handle(signum, _frame) -> None:
+        name = signal.Signals(signum).name
         if os.getpid() != owner:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        name = signal.Signals(signum).name
         _Interrupts.received = _Interrupts.received or name
-        if _Interrupts.raising:
-            raise Interrupted(name)
+        if _Interrupts.raised or _Interrupts.reporting:
+            return
+        _Interrupts.raised = True
+        raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(name)
 
     return handle
 
@@ -81,26 +92,31 @@ def stage(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
-        _Interrupts.received, _Interrupts.raising, _Interrupts.exit_code = None, True, None
-        previous = signal.signal(signal.SIGTERM, _interrupt_handler(os.getpid()))
+        _Interrupts.received, _Interrupts.raised, _Interrupts.reporting, _Interrupts.exit_code = None, False, False, None
+        handler = _interrupt_handler(os.getpid())
+        previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
         # Installed before the command runs: the DataLoader's destructor can complain while the
         # interrupt is still unwinding through the training loop, before any handler below runs.
+        hooks = sys.unraisablehook, threading.excepthook
         sys.unraisablehook, threading.excepthook = _unraisable, _thread_failed
         try:
-            return command(*args, **kwargs)
-        except TrajvidError as error:
-            _fail(str(error), error.exit_code)
+            result = command(*args, **kwargs)
+            if _Interrupts.received and not _Interrupts.raised:  # dropped, and not yet sent again
+                raise Interrupted(_Interrupts.received)
+            return result
         except (Interrupted, KeyboardInterrupt, Exception) as raised:
+            _Interrupts.reporting = True
             # A signal sent to the whole process group also ends DataLoader workers, and torch
             # then raises its own error, while the interrupt is being handled or (its exception
             # dropped, see _Interrupts) in its place: report the interrupt.
             error = _interrupt_in(raised)
             if error is None and _Interrupts.received is None:
+                if isinstance(raised, TrajvidError):
+                    _fail(str(raised), raised.exit_code)
                 raise
-            _Interrupts.raising = False
             # torch's SIGCHLD handler raises as each worker the signal killed ends: not now.
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            name = _Interrupts.received if error is None else getattr(error, "signal_name", "SIGINT")
+            signal.signal(signal.SIGCHLD, lambda *_: None)
+            name = "SIGINT" if isinstance(error, KeyboardInterrupt) else getattr(error, "signal_name", _Interrupts.received)
             doing = getattr(error, "while_writing", None)
             where = f"while writing {doing}" if doing else f"during `trajvid {command.__name__}`"
             _Interrupts.exit_code = 128 + getattr(signal, name)
@@ -108,7 +124,13 @@ def stage(command):
                   "intact; run it again (`dvc repro`) to restart, or to resume training from its last checkpoint",
                   _Interrupts.exit_code)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for timer in _Interrupts.timers:
+                timer.cancel()
+            _Interrupts.timers.clear()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if _Interrupts.exit_code is None:  # after an interrupt, `main` ends the process quietly
+                sys.unraisablehook, threading.excepthook = hooks
 
     return run
 
@@ -121,19 +143,20 @@ def _unraisable(unraisable) -> None:
       sent to the whole process group): that is the interrupt, reported as one line (a worker
       dying during training still raises in the training loop itself and is reported there);
     - after an interrupt, anything: objects it left half-built failing (a pipe closed twice).
-    Anything else is printed as Python prints it."""
+    Anything else is printed as Python prints it. Nothing raised in here gets out (Python would
+    print it): a signal whose handler runs in here is sent again too."""
     try:
         error = unraisable.exc_value
         text = str(error)
         if isinstance(error, (Interrupted, KeyboardInterrupt)):
-            _Interrupts.received = _Interrupts.received or getattr(error, "signal_name", "SIGINT")
-            _send_again(_Interrupts.received)
+            _send_again("SIGINT" if isinstance(error, KeyboardInterrupt) else error.signal_name)
         elif isinstance(error, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
             pass
         elif _Interrupts.received is None:
             sys.__unraisablehook__(unraisable)
-    except (Interrupted, KeyboardInterrupt) as late:  # a signal whose handler ran in this hook
-        _send_again(getattr(late, "signal_name", "SIGINT"))
+    except BaseException as late:
+        if isinstance(late, (Interrupted, KeyboardInterrupt)):
+            _send_again("SIGINT" if isinstance(late, KeyboardInterrupt) else late.signal_name)
 
 
 def _thread_failed(failure) -> None:
@@ -144,16 +167,19 @@ def _thread_failed(failure) -> None:
 
 
 def _send_again(name: str) -> None:
-    """Send the signal `name` to this process again in a moment, from another thread: sent from
-    here, its handler would run before this hook returns, where its exception is dropped too."""
+    """Send the interrupt `name`, whose exception was dropped, to this process again in a moment,
+    from another thread: sent from here, its handler would run before the hook returns, where its
+    exception is dropped too."""
+    _Interrupts.raised = False
     pid, signum = os.getpid(), getattr(signal, name)
 
     def send() -> None:
-        if _Interrupts.raising:  # not once the command is already reporting an interrupt
+        if not (_Interrupts.raised or _Interrupts.reporting):
             os.kill(pid, signum)
 
     timer = threading.Timer(0.01, send)
     timer.daemon = True
+    _Interrupts.timers.append(timer)
     timer.start()
 
 
@@ -449,13 +475,17 @@ def main() -> None:  # the `trajvid` command and `python -m trajvid`
 def _end_after_interrupt(code: int) -> None:
     """End the process now that the interrupt is reported: Python's shutdown would run the
     destructors and threads of what the interrupt left half-built, and their tracebacks would
-    follow the one line. Child processes (DataLoader workers) are ended first, as at a normal exit."""
+    follow the one line. Its child processes (DataLoader workers) are sent SIGTERM first, not
+    waited for; nothing here stops the exit with `code`."""
     try:
         for child in multiprocessing.active_children():
             child.terminate()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:  # a closed pipe, a last signal: the exit code matters more
+                pass
         os._exit(code)
 
 
