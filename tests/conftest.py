@@ -94,7 +94,8 @@ def make_repo(path: Path, params: dict) -> Path:
     run(["git", "config", "user.email", "tests@trajvid.invalid"], path)
     run(["git", "config", "user.name", "trajvid tests"], path)
     run(["dvc", "init", "-q"], path)
-    run(["dvc", "config", "core.autostage", "true"], path)
+    # what `dvc config core.autostage true` writes, without starting dvc once more (per repository)
+    (path / ".dvc" / "config").write_text("[core]\n    autostage = true\n")
     run(["git", "add", "-A"], path)
     run(["git", "commit", "-qm", "pipeline"], path)
     return path

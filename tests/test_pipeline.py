@@ -124,7 +124,8 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(baseli
     repo = make_repo(tmp_path / "killed", tiny_params(num_samples=40, epochs=3))  # the baseline's params
     run(["dvc", "repro", "generate"], repo)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, start_new_session=True,
+    # the train stage alone: the stages after it would only score the same model (bit for bit) again
+    proc = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = repo / "models" / "checkpoints" / "epoch-001"
     deadline = time.time() + 300
@@ -134,12 +135,9 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_ends(baseli
     proc.wait()
     assert first.exists() and not (repo / "models" / "model.safetensors").exists()
 
-    resumed = run(["dvc", "repro"], repo)
+    resumed = run(["dvc", "repro", "train"], repo)
     assert "resuming from models/checkpoints/epoch-00" in resumed.stdout + resumed.stderr
     assert lock_md5(repo, "train", "models/model.safetensors") == lock_md5(baseline, "train", "models/model.safetensors")
-    ours = json.loads((repo / "metrics" / "metrics.json").read_text())["test"]
-    theirs = json.loads((baseline / "metrics" / "metrics.json").read_text())["test"]
-    assert ours == theirs
     assert (repo / "dvclive" / "metrics.json").read_text() == (baseline / "dvclive" / "metrics.json").read_text()
 
 
