@@ -195,7 +195,7 @@ def share_and_report_elsewhere(repo, tmp_path, live_report: str, experiments: se
     assert (clone / "reports" / "comparison.md").read_text() == live_report
     assert "access_key" not in (clone / ".dvc" / "config").read_text()
 
-    same_data = [name for name in records if "-seed7-" not in name]  # i3d and slowfast, data seed 42
+    same_data = [name for name in records if "-seed7-" not in name]  # not exp-i3d-seed-7 (data and training seed 7)
     combined = run(["trajvid", "ensemble", *same_data], clone)  # from the records' predictions
     assert "ensemble of 2 records" in combined.stdout, combined.stdout
     use_s3_remote(clone, endpoint)  # each member's credentials: .dvc/config.local

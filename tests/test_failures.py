@@ -504,11 +504,17 @@ def test_an_interrupt_of_the_whole_process_group_during_training_is_one_line(tmp
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = tmp_path / "models" / "checkpoints" / "epoch-001"
     deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
-    os.killpg(proc.pid, interrupt)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        os.killpg(proc.pid, interrupt)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group, after a failure
+        except ProcessLookupError:
+            pass
     result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
     one_error_line(result, 128 + interrupt, f"interrupted by {interrupt.name}")
     assert (first / "state.json").is_file() and not (tmp_path / "models" / "model.safetensors").exists()
@@ -542,7 +548,7 @@ os.register_at_fork(after_in_parent=after_fork_in_parent)
 sys.argv = ["trajvid", "train", "--no-progress", "--live", "none", "--data", {str(small_dataset)!r}]
 cli.main()
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     one_error_line(result, 128 + signal.SIGTERM, "interrupted by SIGTERM during `trajvid train`")
     assert "SIGTERM sent" in result.stdout and "callback finished" not in result.stdout, result.stdout
     assert not (tmp_path / "models" / "model.safetensors").exists()

@@ -63,6 +63,7 @@ def test_a_cpu_machine_and_a_multi_process_launch_claim_nothing(tmp_path, monkey
 
 def test_racing_processes_get_distinct_gpus_and_a_third_waits_for_a_killed_holder(machine):
     first, second = holder(machine), holder(machine)  # started together: they race for the locks
+    third = None
     try:
         of_first, of_second = first.stdout.readline().strip(), second.stdout.readline().strip()
         assert {of_first, of_second} == {"GPU-0aaa", "GPU-1bbb"}
@@ -75,9 +76,10 @@ def test_racing_processes_get_distinct_gpus_and_a_third_waits_for_a_killed_holde
         assert third.returncode == 0, err
         assert out.strip() == of_first  # the killed holder's GPU, not the one still held
     finally:
-        for p in (first, second):
-            p.kill()
-            p.wait()
+        for p in (first, second, third):
+            if p is not None:
+                p.kill()
+                p.wait()
 
 
 def test_an_outer_cuda_visible_devices_limits_the_choice_and_waiting_has_a_timeout(machine):

@@ -64,16 +64,17 @@ class _Interrupts:
 
 def _interrupt_handler(owner: int):
     """SIGTERM -> Interrupted, SIGINT -> KeyboardInterrupt, in the process `owner` only. Forked
-    DataLoader workers inherit the handler; one of them raising Interrupted would print a
+    workers (DataLoader, generate's pool) inherit the handler; one of them raising would print a
     traceback of its own on the shared stderr, so there SIGTERM does what it does by default (the
-    worker ends; training reports it) and SIGINT what Python does (KeyboardInterrupt, which
-    torch's workers catch and end on)."""
+    worker ends; training reports it) and SIGINT is ignored from then on (the interrupted parent
+    ends its workers)."""
 
     def handle(signum, _frame) -> None:
         name = signal.Signals(signum).name
         if os.getpid() != owner:
             if signum == signal.SIGINT:
-                raise KeyboardInterrupt
+                signal.signal(signum, signal.SIG_IGN)
+                return
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
@@ -94,15 +95,17 @@ def stage(command):
     def run(*args, **kwargs):
         _Interrupts.received, _Interrupts.raised, _Interrupts.reporting, _Interrupts.exit_code = None, False, False, None
         handler = _interrupt_handler(os.getpid())
-        previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+        # not where the signal was ignored on purpose (`trajvid train &` in a script ignores SIGINT)
+        previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)
+                    if signal.getsignal(signum) != signal.SIG_IGN}
         # Installed before the command runs: the DataLoader's destructor can complain while the
         # interrupt is still unwinding through the training loop, before any handler below runs.
         hooks = sys.unraisablehook, threading.excepthook
         sys.unraisablehook, threading.excepthook = _unraisable, _thread_failed
         try:
             result = command(*args, **kwargs)
-            if _Interrupts.received and not _Interrupts.raised:  # dropped, and not yet sent again
-                raise Interrupted(_Interrupts.received)
+            if _Interrupts.received:  # its exception dropped or swallowed: the command went on
+                raise KeyboardInterrupt if _Interrupts.received == "SIGINT" else Interrupted(_Interrupts.received)
             return result
         except (Interrupted, KeyboardInterrupt, Exception) as raised:
             _Interrupts.reporting = True
@@ -118,21 +121,24 @@ def stage(command):
             signal.signal(signal.SIGCHLD, lambda *_: None)
             name = "SIGINT" if isinstance(error, KeyboardInterrupt) else getattr(error, "signal_name", _Interrupts.received)
             doing = getattr(error, "while_writing", None)
-            where = f"while writing {doing}" if doing else f"during `trajvid {command.__name__}`"
             _Interrupts.exit_code = 128 + getattr(signal, name)
-            _fail(f"interrupted by {name} {where}; nothing half-written was kept and earlier outputs are "
-                  "intact; run it again (`dvc repro`) to restart, or to resume training from its last checkpoint",
+            _fail(_interrupted(name, f"while writing {doing}" if doing else f"during `trajvid {command.__name__}`"),
                   _Interrupts.exit_code)
         finally:
             for timer in _Interrupts.timers:
                 timer.cancel()
             _Interrupts.timers.clear()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
             if _Interrupts.exit_code is None:  # after an interrupt, `main` ends the process quietly
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
                 sys.unraisablehook, threading.excepthook = hooks
 
     return run
+
+
+def _interrupted(name: str, where: str) -> str:
+    return (f"interrupted by {name} {where}; nothing half-written was kept and earlier outputs are intact; "
+            "run it again (`dvc repro`) to restart, or to resume training from its last checkpoint")
 
 
 def _unraisable(unraisable) -> None:
@@ -466,7 +472,13 @@ def main() -> None:  # the `trajvid` command and `python -m trajvid`
     _run_workspace_code()
     try:
         app(prog_name="trajvid")
-    except BaseException:
+    except BaseException as error:
+        if _Interrupts.exit_code is None and (_Interrupts.received or isinstance(error, KeyboardInterrupt)):
+            # an interrupt that got past `stage` (in its last lines, or before it started)
+            name = _Interrupts.received or "SIGINT"
+            _Interrupts.exit_code = 128 + getattr(signal, name)
+            command = sys.argv[1] if len(sys.argv) > 1 else ""
+            typer.echo(f"error: {_interrupted(name, f'during `trajvid {command}`')}", err=True)
         if _Interrupts.exit_code is not None:
             _end_after_interrupt(_Interrupts.exit_code)
         raise
