@@ -88,8 +88,8 @@ def _interrupt_handler(owner: int):
 
 
 def stage(command):
-    """Run a command with SIGTERM turned into an exception (so that cleanup runs) and every
-    expected failure reported as one line."""
+    """Run a command with SIGTERM and SIGINT turned into exceptions (so that cleanup runs) and
+    every expected failure, an interrupt among them, reported as one line."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
