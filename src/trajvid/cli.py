@@ -82,7 +82,7 @@ def _interrupt_handler(owner: int):
         if _Interrupts.raised or _Interrupts.reporting:
             return
         _Interrupts.raised = True
-        raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(name)
+        raise _exception_for(name)
 
     return handle
 
@@ -105,7 +105,7 @@ def stage(command):
         try:
             result = command(*args, **kwargs)
             if _Interrupts.received:  # its exception dropped or swallowed: the command went on
-                raise KeyboardInterrupt if _Interrupts.received == "SIGINT" else Interrupted(_Interrupts.received)
+                raise _exception_for(_Interrupts.received)
             return result
         except (Interrupted, KeyboardInterrupt, Exception) as raised:
             _Interrupts.reporting = True
@@ -119,7 +119,7 @@ def stage(command):
                 raise
             # torch's SIGCHLD handler raises as each worker the signal killed ends: not now.
             signal.signal(signal.SIGCHLD, lambda *_: None)
-            name = "SIGINT" if isinstance(error, KeyboardInterrupt) else getattr(error, "signal_name", _Interrupts.received)
+            name = _Interrupts.received if error is None else _signal_of(error)
             doing = getattr(error, "while_writing", None)
             _Interrupts.exit_code = 128 + getattr(signal, name)
             _fail(_interrupted(name, f"while writing {doing}" if doing else f"during `trajvid {command.__name__}`"),
@@ -134,6 +134,17 @@ def stage(command):
                 sys.unraisablehook, threading.excepthook = hooks
 
     return run
+
+
+def _exception_for(name: str) -> BaseException:
+    """The exception an interrupt raises: KeyboardInterrupt for SIGINT (as Python's own handler
+    raises), Interrupted for SIGTERM."""
+    return KeyboardInterrupt() if name == "SIGINT" else Interrupted(name)
+
+
+def _signal_of(interrupt: BaseException) -> str:
+    """The signal an interrupt's exception (`_exception_for`'s) stands for."""
+    return "SIGINT" if isinstance(interrupt, KeyboardInterrupt) else interrupt.signal_name
 
 
 def _interrupted(name: str, where: str) -> str:
@@ -155,14 +166,15 @@ def _unraisable(unraisable) -> None:
         error = unraisable.exc_value
         text = str(error)
         if isinstance(error, (Interrupted, KeyboardInterrupt)):
-            _send_again("SIGINT" if isinstance(error, KeyboardInterrupt) else error.signal_name)
+            _send_again(_signal_of(error))
         elif isinstance(error, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
             pass
         elif _Interrupts.received is None:
             sys.__unraisablehook__(unraisable)
-    except BaseException as late:
-        if isinstance(late, (Interrupted, KeyboardInterrupt)):
-            _send_again("SIGINT" if isinstance(late, KeyboardInterrupt) else late.signal_name)
+    except (Interrupted, KeyboardInterrupt) as late:
+        _send_again(_signal_of(late))
+    except BaseException:
+        pass
 
 
 def _thread_failed(failure) -> None:
@@ -472,13 +484,12 @@ def main() -> None:  # the `trajvid` command and `python -m trajvid`
     _run_workspace_code()
     try:
         app(prog_name="trajvid")
-    except BaseException as error:
-        if _Interrupts.exit_code is None and (_Interrupts.received or isinstance(error, KeyboardInterrupt)):
-            # an interrupt that got past `stage` (in its last lines, or before it started)
-            name = _Interrupts.received or "SIGINT"
-            _Interrupts.exit_code = 128 + getattr(signal, name)
+    except BaseException:
+        if _Interrupts.exit_code is None and _Interrupts.received:
+            # an interrupt noted in `stage`'s last lines, after its report could be written
+            _Interrupts.exit_code = 128 + getattr(signal, _Interrupts.received)
             command = sys.argv[1] if len(sys.argv) > 1 else ""
-            typer.echo(f"error: {_interrupted(name, f'during `trajvid {command}`')}", err=True)
+            typer.echo(f"error: {_interrupted(_Interrupts.received, f'during `trajvid {command}`')}", err=True)
         if _Interrupts.exit_code is not None:
             _end_after_interrupt(_Interrupts.exit_code)
         raise
