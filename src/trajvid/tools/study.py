@@ -613,7 +613,8 @@ def answer(study: Study) -> str:
 def blocks(study: Study) -> list[tuple[str, list[str], tuple | None]]:
     """The study's part of a report, in order: (title, paragraphs, table as (header, rows) or None);
     the markdown and the HTML report both lay out these."""
-    out = [("The answer so far", answer(study).split("\n\n"), None), ("The grid", [], grid_table(study))]
+    title = "The answer so far" if study.missing() else "The answer"  # "so far" until every cell is recorded
+    out = [(title, answer(study).split("\n\n"), None), ("The grid", [], grid_table(study))]
     heads = heads_table(study)
     if heads:
         out.append(("Both heads", [], heads))
