@@ -8,7 +8,7 @@ import time
 
 import pytest
 import yaml
-from conftest import make_repo, run, start_queue, tiny_params
+from conftest import copy_repo, make_repo, run, start_queue, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -207,12 +207,9 @@ def share_and_report_elsewhere(repo, tmp_path, live_report: str, experiments: se
     assert again.count(" unchanged") == len(experiments) and " written" not in again, again
 
 
-def test_branches_compare_with_metrics_diff_and_plots_diff(tmp_path):
-    repo = make_repo(tmp_path / "branches", tiny_params(num_samples=40, epochs=1))
+def test_branches_compare_with_metrics_diff_and_plots_diff(pipeline_run, tmp_path):
+    repo = copy_repo(pipeline_run, tmp_path / "branches")  # the pipeline run and committed with i3d
     run(["git", "checkout", "-q", "-b", "i3d"], repo)
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "i3d"], repo)
     run(["git", "checkout", "-q", "-b", "magvit"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["model"] = "magvit"

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, make_repo, run, tiny_params
+from conftest import BIN, ROOT, copy_repo, make_repo, run, tiny_params
 
 from trajvid.tools.records import code_fingerprint
 
@@ -28,13 +28,10 @@ def lock_md5(repo, stage, path):
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    """`dvc repro` from scratch: 40 samples, 3 epochs of a narrow I3D."""
-    repo = make_repo(tmp_path_factory.mktemp("baseline"), tiny_params(num_samples=40, epochs=3))
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "results"], repo)
-    return repo
+def baseline(pipeline_run, tmp_path_factory):
+    """`dvc repro` from scratch (40 samples, 3 epochs of a narrow I3D), committed: a copy of the
+    session's run, which this module's tests change as they go."""
+    return copy_repo(pipeline_run, tmp_path_factory.mktemp("baseline") / "repo")
 
 
 def test_repro_from_scratch_then_status_is_clean(baseline):
