@@ -9,8 +9,9 @@ they compete for the same cores. This trains the same configuration (params.yaml
 order reversed every other round (this machine's rate drifts between runs by more than many
 changes gain), and prints each run's train samples/s (the train epochs' own time, data loading
 included, validation not) and the sha256 of the weights it wrote. The worker count is a runtime
-setting: it must not change what is computed, so every run of one round of rounds must write the
-same weights; the script exits 1 if any differ.
+setting: it must not change what is computed, so every run, of every worker count and round,
+must write the same weights; the script exits 1 if any differ. Runs start in --workdir (their
+`.trajvid/` heartbeat stays there, away from a training of the repository).
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def main() -> None:
     trajvid = [sys.executable, "-m", "trajvid"]
 
     data = work / "data"
-    (work / "params-data.yaml").write_text(yaml.safe_dump(params))
-    if not (data / "SHA256SUMS").exists():
-        shutil.rmtree(data, ignore_errors=True)
-        subprocess.run([*trajvid, "generate", "--no-progress", "--params", str(work / "params-data.yaml"),
-                        "--out", str(data)], check=True, env=env)
+    data_params = {"seed": params["seed"], "data": params["data"]}  # what the dataset is a function of
+    previous = work / "params-data.yaml"
+    if not (data / "SHA256SUMS").exists() or not previous.exists() or yaml.safe_load(previous.read_text()) != data_params:
+        shutil.rmtree(data, ignore_errors=True)  # absent, or generated with other data params
+        previous.write_text(yaml.safe_dump(data_params))
+        subprocess.run([*trajvid, "generate", "--no-progress", "--params", str(previous), "--out", str(data)],
+                       check=True, env=env, cwd=work)
 
     print(f"{args.backbone}, {args.samples} samples ({int(args.samples * 0.8)} to train on), {args.epochs} "
           f"epoch(s), batch {params['train']['batch_size']}, train.threads {args.threads}, fp32; "
@@ -73,7 +76,8 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)  # no checkpoint to resume from
             start = time.perf_counter()
             subprocess.run([*trajvid, "train", "--no-progress", "--live", "none", "--params", str(params_file),
-                            "--data", str(data), "--out", str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
+                            "--data", str(data), "--out", str(out)], check=True, env=env, cwd=work,
+                           stdout=subprocess.DEVNULL)
             wall = time.perf_counter() - start
             training = json.loads((out / "config.json").read_text())["training"]
             digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()[:16]

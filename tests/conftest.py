@@ -103,9 +103,9 @@ def make_repo(path: Path, params: dict) -> Path:
 
 
 def copy_repo(repo: Path, path: Path) -> Path:
-    """A copy of `repo` at `path`: its git history, DVC cache and run-cache, and workspace. (DVC
-    copies files out of its cache here, never links them, so the copy shares nothing with `repo`;
-    it rehashes the copied outputs once, by content.)"""
+    """A copy of `repo` at `path`: its git history, DVC cache and run-cache, and workspace. DVC's
+    default cache type (reflink, else copy) never links a workspace file to the cache, so the
+    copy shares nothing with `repo`; it rehashes the copied outputs once, by content."""
     shutil.copytree(repo, path, symlinks=True)
     return path
 
@@ -115,7 +115,7 @@ def pipeline_run(tmp_path_factory) -> Path:
     """A repository where `dvc repro` ran every stage (40 samples, 3 epochs of a narrow I3D) and
     its results are committed; copy it (`copy_repo`), never change it. Each stage is a process
     that imports torch, about 25 s for the pipeline on 2 cores: the tests that need a finished
-    run (tests/test_pipeline.py, the branches and the sixth-backbone tests) share this one."""
+    run (tests/test_pipeline.py, the branches test) share this one."""
     repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", tiny_params(num_samples=40, epochs=3))
     run(["dvc", "repro"], repo)
     run(["git", "add", "-A"], repo)

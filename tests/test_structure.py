@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import EXTRA_BACKBONE, ROOT, STUDY_BACKBONES, copy_repo, run, tiny_params, tool_env, write_params
+from conftest import EXTRA_BACKBONE, ROOT, STUDY_BACKBONES, make_repo, run, tiny_params, tool_env, write_params
 
 from trajvid.backbones import module_name
 from trajvid.params import DataParams, TrainParams
@@ -231,13 +231,13 @@ def test_the_registry_is_the_only_list_of_backbones():
 
 
 @pytest.mark.slow
-def test_a_sixth_backbone_is_one_file_one_registry_line_one_params_block(pipeline_run, tmp_path):
-    """Copy tests/extra_backbone.py into a repository (where the pipeline ran with i3d) as
-    src/trajvid/backbones/tinyconv.py, register it with one line, give it one params block;
-    nothing else changes. It then passes the generic model tests (every test of
-    tests/test_models.py parametrized by backbone) with the repository's code, and runs as a DVC
-    experiment."""
-    repo = copy_repo(pipeline_run, tmp_path / "sixth")
+def test_a_sixth_backbone_is_one_file_one_registry_line_one_params_block(tmp_path):
+    """Copy tests/extra_backbone.py into a fresh repository as src/trajvid/backbones/tinyconv.py,
+    register it with one line, give it one params block; nothing else changes. It then passes
+    the generic model tests (every test of tests/test_models.py parametrized by backbone) with
+    the repository's code, and runs as a DVC experiment. (Not a copy of conftest.pipeline_run:
+    the registry is a dependency of every stage, so the experiment would rerun them all anyway.)"""
+    repo = make_repo(tmp_path / "sixth", tiny_params(num_samples=40, epochs=1))
     shutil.copy(ROOT / "tests" / "extra_backbone.py", repo / "src" / "trajvid" / "backbones" / f"{EXTRA_BACKBONE}.py")
     registry = repo / "src" / "trajvid" / "backbones" / "__init__.py"
     text = registry.read_text()
