@@ -42,6 +42,23 @@ def set_key(params: dict, assignment: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
+def dataset(work: Path, params: dict, env: dict) -> Path:
+    """work/data/trajectories, generated with `params`' data seed and data block; regenerated when
+    those differ from what generated it (work/params-data.yaml)."""
+    data = work / "data" / "trajectories"
+    data_params = {"seed": params["seed"], "data": params["data"]}  # what the dataset is a function of
+    previous = work / "params-data.yaml"
+    if data.exists() and (not previous.exists() or yaml.safe_load(previous.read_text()) != data_params):
+        shutil.rmtree(data)  # generated with other data params: not this run's dataset
+    previous.write_text(yaml.safe_dump(data_params))
+    if not data.exists():
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "trajvid", "generate", "--no-progress", "--params", str(previous),
+                        "--out", str(data)], check=True, env=env, cwd=work)
+        print(f"generate: {time.perf_counter() - start:.1f} s", flush=True)
+    return data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", action="append", help="default: every backbone")
@@ -65,17 +82,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     trajvid = [sys.executable, "-m", "trajvid"]
 
-    data = work / "data" / "trajectories"
-    data_params = {"seed": base["seed"], "data": base["data"]}  # what the dataset is a function of
-    previous = work / "params-data.yaml"
-    if data.exists() and (not previous.exists() or yaml.safe_load(previous.read_text()) != data_params):
-        shutil.rmtree(data)  # generated with other data params: not this run's dataset
-    previous.write_text(yaml.safe_dump(data_params))
-    if not data.exists():
-        start = time.perf_counter()
-        subprocess.run([*trajvid, "generate", "--no-progress", "--params", str(work / "params-data.yaml"),
-                        "--out", str(data)], check=True, env=env)
-        print(f"generate: {time.perf_counter() - start:.1f} s", flush=True)
+    data = dataset(work, base, env)
 
     sys.path.insert(0, str(ROOT / "src"))  # works without installing the package
     from trajvid.backbones import BACKBONES

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import yaml
+from full_run import dataset  # bench/ is this script's directory: on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,14 +53,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     trajvid = [sys.executable, "-m", "trajvid"]
 
-    data = work / "data"
-    data_params = {"seed": params["seed"], "data": params["data"]}  # what the dataset is a function of
-    previous = work / "params-data.yaml"
-    if not (data / "SHA256SUMS").exists() or not previous.exists() or yaml.safe_load(previous.read_text()) != data_params:
-        shutil.rmtree(data, ignore_errors=True)  # absent, or generated with other data params
-        previous.write_text(yaml.safe_dump(data_params))
-        subprocess.run([*trajvid, "generate", "--no-progress", "--params", str(previous), "--out", str(data)],
-                       check=True, env=env, cwd=work)
+    data = dataset(work, params, env)
 
     print(f"{args.backbone}, {args.samples} samples ({int(args.samples * 0.8)} to train on), {args.epochs} "
           f"epoch(s), batch {params['train']['batch_size']}, train.threads {args.threads}, fp32; "
