@@ -169,6 +169,26 @@ def test_magvit_is_causal_in_time():
     assert not torch.equal(ids_a, ids_b)
 
 
+def test_magvit_quantises_in_float32_under_bf16_autocast():
+    """MagVIT's lookup-free quantiser (signs, the entropy over all 2^bits codes, the commitment)
+    runs in float32 under bf16 autocast: the figures of float32 on the same latent. Autocast would
+    otherwise run the logits' product in bf16 (the bf16 guard failed for MagVIT alone,
+    docs/performance.md)."""
+    from trajvid.backbones.magvit import LookupFreeQuantizer, MagVitConfig
+
+    c = MagVitConfig()
+    quantizer = LookupFreeQuantizer(c.codebook_bits, c.entropy_weight, c.commitment_weight, c.diversity_gamma)
+    torch.manual_seed(0)
+    z = torch.randn(1024, c.codebook_bits).bfloat16()  # what the encoder's last convolution gives under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        quantised, ids, aux = quantizer(z)
+    expected_quantised, expected_ids, expected_aux = quantizer(z.float())
+    assert quantised.dtype == torch.float32 and torch.equal(quantised, expected_quantised)
+    assert torch.equal(ids, expected_ids)
+    for name, value in aux.items():
+        assert value.dtype == torch.float32 and torch.equal(value, expected_aux[name]), name
+
+
 def test_triangulation_and_projection_invert_each_other():
     from trajvid.data.scene import cameras_metadata
     from trajvid.head.geometry import project, projection_matrices, triangulate

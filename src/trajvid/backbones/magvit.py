@@ -156,12 +156,19 @@ class LookupFreeQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """z (N, bits) -> quantised (N, bits) in +-1, token ids (N,), auxiliary losses."""
+        # In float32 under bf16 autocast too: autocast would run the logits' matrix product over
+        # all 2^bits codes in bf16, and the entropy terms are sums over them. In fp32 training
+        # this changes nothing (`float()` of a float32 tensor is the tensor itself).
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantise(z.float())
+
+    def _quantise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         q = torch.where(z > 0, 1.0, -1.0)
         ids = ((q > 0).long() * self.powers).sum(-1)
         quantised = z + (q - z).detach()  # straight-through estimator
         # p(code | z) = softmax over codes of 2 <z, code>: a factorised distribution per bit.
         # Computed in eval mode too, so that the validation loss is the training loss's definition.
-        logits = 2 * z.float() @ self.codes.t()  # (N, 2^bits)
+        logits = 2 * z @ self.codes.t()  # (N, 2^bits)
         probs = logits.softmax(-1)
         per_token = -(probs * logits.log_softmax(-1)).sum(-1).mean()
         mean_probs = probs.mean(0)
