@@ -172,8 +172,8 @@ def test_magvit_is_causal_in_time():
 def test_magvit_quantises_in_float32_under_bf16_autocast():
     """MagVIT's lookup-free quantiser (signs, the entropy over all 2^bits codes, the commitment)
     runs in float32 under bf16 autocast: the figures of float32 on the same latent. Autocast would
-    otherwise run the logits' product in bf16 (the bf16 guard failed for MagVIT alone,
-    docs/performance.md)."""
+    otherwise run the logits' product over the codes in bf16, and the entropy loss from them (the
+    bf16 guard failed for MagVIT alone, docs/performance.md); the entropy is what this tells apart."""
     from trajvid.backbones.magvit import LookupFreeQuantizer, MagVitConfig
 
     c = MagVitConfig()
