@@ -42,6 +42,12 @@ def set_key(params: dict, assignment: str) -> None:
     node[leaf] = yaml.safe_load(value)
 
 
+def source_env() -> dict:
+    """This process's environment with this checkout's src/ first on the path: `python -m trajvid`
+    then runs the code beside this script, installed or not."""
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 def dataset(work: Path, params: dict, env: dict) -> Path:
     """work/data/trajectories, generated with `params`' data seed and data block; regenerated when
     those differ from what generated it (work/params-data.yaml)."""
@@ -79,7 +85,7 @@ def main() -> None:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     for assignment in args.set:
         set_key(base, assignment)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = source_env()
     trajvid = [sys.executable, "-m", "trajvid"]
 
     data = dataset(work, base, env)

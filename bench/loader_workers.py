@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import yaml
-from full_run import dataset  # bench/ is this script's directory: on sys.path
+from full_run import dataset, source_env  # bench/ is this script's directory: on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def main() -> None:
     params["model"] = args.backbone
     params["data"]["num_samples"] = args.samples
     params["train"].update({"epochs": args.epochs, "threads": args.threads})
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = source_env()
     trajvid = [sys.executable, "-m", "trajvid"]
 
     data = dataset(work, params, env)
